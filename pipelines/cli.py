@@ -1,0 +1,36 @@
+"""`cnf <stage> ...`: the project's console command. Argument parsing only; each stage lives in its module.
+
+Every stage module exposes ``configure(parser)`` (adds its arguments) and ``run(args) -> int``. Modules are
+imported only for the stage that runs, so `cnf fetch` never pays for importing Ray or MLflow.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+STAGES = {
+    "fetch": ("pipelines.fetch", "fetch a dataset release into sharded WebDataset tars"),
+    "train": ("pipelines.train", "train one experiment of params.yaml with Ray Train, tracked in MLflow"),
+    "evaluate": ("pipelines.evaluate", "evaluate a trained experiment on its test split"),
+    "score": ("pipelines.score", "score predictions made elsewhere, or a built-in method"),
+    "sweep": ("pipelines.sweep", "sweep sampling temperatures for a trained experiment"),
+    "tables": ("pipelines.tables", "build every table and figure of both papers"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="cnf", description="Conditional normalizing flows: pipeline stages")
+    sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    chosen = argv[0] if argv and argv[0] in STAGES else None
+    for name, (module, help_text) in STAGES.items():
+        stage_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            importlib.import_module(module).configure(stage_parser)
+    args = parser.parse_args(argv)
+    return int(importlib.import_module(STAGES[args.stage][0]).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
