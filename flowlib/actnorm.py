@@ -1,0 +1,94 @@
+"""Activation normalisation: per-channel affine maps (Kingma & Dhariwal 2018, sec. 3.1; Lu & Huang 2020, sec. 4.1)."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .bijection import Bijection
+from .encoders.conditioning import ConditioningNetwork
+
+
+class ActNorm(Bijection):
+    """Per-channel scale and bias, initialised from the first batch so its output is zero-mean, unit-variance.
+
+    .. math:: v_{c,h,w} = (u_{c,h,w} + b_c)\\, e^{s_c}, \\qquad \\log|\\det J| = H W \\sum_c s_c
+
+    Source: Kingma & Dhariwal 2018 (Glow), sec. 3.1. The ``initialized`` buffer is part of the state dict, so a
+    restored or DDP-broadcast model does not re-initialise on its first batch.
+
+    Args:
+        channels: ``C`` of inputs shaped ``(B, C, H, W)``.
+    """
+
+    # Floor on the initial per-channel std: a channel that is constant in the first batch (binary data,
+    # 1x1 spatial maps) would otherwise get a scale of ~1e6 and explode on the next batch.
+    min_init_std = 1e-2
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.register_buffer("initialized", torch.tensor(0, dtype=torch.uint8))
+
+    @torch.no_grad()
+    def _data_init(self, u: Tensor) -> None:
+        n = u.shape[0] * u.shape[2] * u.shape[3]
+        if n >= 2:
+            mean = u.mean(dim=(0, 2, 3), keepdim=True)
+            std = u.std(dim=(0, 2, 3), keepdim=True).clamp_min(self.min_init_std)
+            self.bias.copy_(-mean)
+            self.log_scale.copy_(-std.log())
+        self.initialized.fill_(1)
+
+    def forward(self, u: Tensor, cond: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        if not self.initialized:
+            self._data_init(u)
+        v = (u + self.bias) * self.log_scale.exp()
+        logdet = (u.shape[2] * u.shape[3]) * self.log_scale.sum()
+        return v, logdet.expand(u.shape[0])
+
+    def inverse(self, v: Tensor, cond: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        u = v * (-self.log_scale).exp() - self.bias
+        logdet = -(v.shape[2] * v.shape[3]) * self.log_scale.sum()
+        return u, logdet.expand(v.shape[0])
+
+
+class ConditionalActNorm(Bijection):
+    """Actnorm whose scale and bias are produced per sample by a conditioning network over ``cond``.
+
+    .. math:: v_{c,h,w} = (u_{c,h,w} + b_c(x))\\, e^{s_c(x)}, \\qquad \\log|\\det J| = H W \\sum_c s_c(x)
+
+    Source: Lu & Huang 2020 (c-Glow), sec. 4.1 ("conditional actnorm") and Appendix A, Figure 5a. The
+    network's last layer is zero-initialised, so the layer starts as the identity.
+
+    Args:
+        channels: ``C`` of ``u`` ``(B, C, H, W)``.
+        cond_channels, cond_size: channels and ``(H, W)`` of ``cond``; the fully connected layers need a fixed size.
+        conv_channels, fc_width: width of the conditioning network's convolutions and FC layers.
+    """
+
+    def __init__(self, channels: int, cond_channels: int, cond_size: tuple[int, int], conv_channels: int = 32,
+                 fc_width: int = 32):
+        super().__init__()
+        self.channels = channels
+        self.net = ConditioningNetwork(cond_channels, cond_size, 2 * channels, conv_channels, fc_width)
+
+    def _params(self, cond: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        if cond is None:
+            raise ValueError("ConditionalActNorm needs cond (B, C_cond, H, W); got None")
+        out = self.net(cond)
+        log_scale, bias = out[:, : self.channels], out[:, self.channels:]
+        return log_scale[:, :, None, None], bias[:, :, None, None]
+
+    def forward(self, u: Tensor, cond: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        log_scale, bias = self._params(cond)
+        v = (u + bias) * log_scale.exp()
+        return v, (u.shape[2] * u.shape[3]) * log_scale.sum(dim=(1, 2, 3))
+
+    def inverse(self, v: Tensor, cond: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        log_scale, bias = self._params(cond)
+        u = v * (-log_scale).exp() - bias
+        return u, -(v.shape[2] * v.shape[3]) * log_scale.sum(dim=(1, 2, 3))

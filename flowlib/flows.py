@@ -1,0 +1,120 @@
+"""``build_flow``: the two conditional flow families of the papers as :class:`ConditionalFlow` instances."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from torch import nn
+
+from .actnorm import ActNorm, ConditionalActNorm
+from .bijection import Sequential
+from .coupling import AdditiveCoupling, AffineCoupling
+from .encoders.conditioning import CouplingFeatureNetwork
+from .encoders.rrdb import RRDBEncoder
+from .encoders.vgg import VGGEncoder
+from .invconv import ConditionalInvConv1x1, InvConv1x1
+from .multiscale import ConditionalFlow
+from .priors import ConditionalPrior, ConditionalSplitPrior
+from .squeeze import Squeeze
+from .subnets import SUBNETS
+
+KINDS = ("cnf", "cglow")
+# Defaults are small enough for CPU tests; the papers' sizes are set from params.yaml
+# (Winkler Table 8: encoder_blocks=16, encoder_growth=32; Table 6: hidden=512; c-Glow: hidden=256).
+CNF_DEFAULTS: dict[str, Any] = {"encoder": "rrdb", "encoder_blocks": 2, "encoder_growth": 16, "context_channels": 32,
+                                "encoder_width": 32, "coupling": "affine", "subnet": "sr", "lu": True}
+CGLOW_DEFAULTS: dict[str, Any] = {"cond_channels": 32, "cond_fc_width": 32, "coupling_cond_channels": 16,
+                                  "coupling": "affine", "subnet": "glow"}
+ENCODERS = ("rrdb", "vgg", "none")
+COUPLINGS = ("affine", "additive")
+
+
+def _resolve(kind: str, options: dict[str, Any]) -> dict[str, Any]:
+    defaults = CNF_DEFAULTS if kind == "cnf" else CGLOW_DEFAULTS
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ValueError(f"build_flow({kind!r}): unknown option(s) {unknown}; allowed: {sorted(defaults)}")
+    opts = {**defaults, **options}
+    for key, allowed in (("encoder", ENCODERS), ("coupling", COUPLINGS), ("subnet", SUBNETS)):
+        if key in opts and opts[key] not in allowed:
+            raise ValueError(f"build_flow({kind!r}): option {key}={opts[key]!r} not in {allowed}")
+    return opts
+
+
+def _coupling(kind: str, channels: int, cond_channels: int, hidden: int, subnet: str, **kw) -> nn.Module:
+    cls = AffineCoupling if kind == "affine" else AdditiveCoupling
+    return cls(channels, cond_channels, hidden, subnet, **kw)
+
+
+def build_flow(kind: str, y_shape: Sequence[int], x_shape: Sequence[int], levels: int = 2, steps: int = 4,
+               hidden: int = 64, **options: Any) -> ConditionalFlow:
+    """Build a conditional flow ``p(y|x)`` of family ``kind`` with ``levels`` x ``steps`` steps.
+
+    - ``"cnf"`` (Winkler et al. 2019, sec. 3.1/5): step = ActNorm, 1x1 conv (LU if ``lu``), coupling
+      (``coupling`` in ``{"affine", "additive"}``, ``subnet`` in ``{"sr", "drive", "glow"}``) on ``[z_1, h_l]``;
+      ``h = g(x)`` from ``encoder`` in ``{"rrdb", "vgg", "none"}`` (``encoder_blocks``, ``encoder_growth``,
+      ``context_channels`` for RRDB; ``encoder_width`` for VGG), resampled to each level.
+    - ``"cglow"`` (Lu & Huang 2020, sec. 4): step = conditional actnorm, conditional 1x1 conv (conditioning
+      networks with ``cond_channels`` conv and ``cond_fc_width`` FC widths), affine coupling with a
+      ``coupling_cond_channels``-wide feature network on ``x``; ``x`` reaches level ``l`` squeezed ``l + 1`` times.
+
+    Both use conditional split priors and a conditional final prior. ``y_shape``/``x_shape`` are ``(C, H, W)``;
+    ``H`` and ``W`` of ``y`` must be divisible by ``2**levels``. Unknown options raise ``ValueError``.
+    The returned model's ``config`` rebuilds it: ``build_flow(**model.config)``.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"build_flow: kind {kind!r} not in {KINDS}")
+    y_shape = tuple(int(s) for s in y_shape)
+    x_shape = tuple(int(s) for s in x_shape)
+    if len(y_shape) != 3 or len(x_shape) != 3:
+        raise ValueError(f"build_flow: y_shape and x_shape must be (C, H, W); got {y_shape}, {x_shape}")
+    if levels < 1 or steps < 1:
+        raise ValueError(f"build_flow: levels and steps must be >= 1; got levels={levels}, steps={steps}")
+    c, hy, wy = y_shape
+    if hy % (2 ** levels) or wy % (2 ** levels):
+        raise ValueError(f"build_flow: y_shape {y_shape} spatial size must be divisible by 2**levels={2 ** levels}")
+    opts = _resolve(kind, options)
+    cx = x_shape[0]
+
+    encoder = None
+    cond_mode = "interpolate"
+    if kind == "cnf":
+        if opts["encoder"] == "rrdb":
+            encoder = RRDBEncoder(cx, opts["context_channels"], opts["encoder_blocks"], opts["encoder_growth"])
+            h_channels = [encoder.out_channels] * levels
+        elif opts["encoder"] == "vgg":
+            encoder = VGGEncoder(cx, opts["encoder_width"], levels)
+            h_channels = [encoder.out_channels] * levels
+        else:
+            h_channels = [cx] * levels
+    else:
+        cond_mode = "squeeze"
+        h_channels = [cx * 4 ** (l + 1) for l in range(levels)]
+
+    level_modules, split_priors = [], []
+    channels = c
+    for l in range(levels):
+        channels *= 4
+        size = (hy >> (l + 1), wy >> (l + 1))
+        hc = h_channels[l]
+        layers: list[nn.Module] = [Squeeze()]
+        for _ in range(steps):
+            if kind == "cnf":
+                layers += [ActNorm(channels), InvConv1x1(channels, lu=opts["lu"]),
+                           _coupling(opts["coupling"], channels, hc, hidden, opts["subnet"])]
+            else:
+                cw, fw = opts["cond_channels"], opts["cond_fc_width"]
+                layers += [ConditionalActNorm(channels, hc, size, cw, fw),
+                           ConditionalInvConv1x1(channels, hc, size, cw, fw),
+                           _coupling(opts["coupling"], channels, hc, hidden, opts["subnet"],
+                                     cond_net=CouplingFeatureNetwork(hc, opts["coupling_cond_channels"]))]
+        level_modules.append(Sequential(layers))
+        if l < levels - 1:
+            keep, out = channels - channels // 2, channels // 2
+            split_priors.append(ConditionalSplitPrior(out, keep + hc, hidden))
+            channels = keep
+    prior = ConditionalPrior(channels, h_channels[-1], hidden)
+
+    flow = ConditionalFlow(y_shape, x_shape, encoder, level_modules, split_priors, prior, cond_mode)
+    flow.config = {"kind": kind, "y_shape": list(y_shape), "x_shape": list(x_shape), "levels": int(levels),
+                   "steps": int(steps), "hidden": int(hidden), **opts}
+    return flow

@@ -1,0 +1,137 @@
+"""The multi-scale conditional flow: L levels of K steps with split priors and a final conditional prior."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .bijection import Bijection
+from .squeeze import squeeze2d
+
+COND_MODES = ("interpolate", "squeeze")
+
+
+def resample(h: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bring features ``(B, C, H', W')`` to spatial ``size``: average-pool by integer factors, else bilinear."""
+    hs = tuple(h.shape[-2:])
+    if hs == tuple(size):
+        return h
+    if all(a >= b and a % b == 0 for a, b in zip(hs, size)):
+        # Integer downscaling: average pooling is the exact box filter, no aliasing from skipped pixels.
+        return F.avg_pool2d(h, kernel_size=(hs[0] // size[0], hs[1] // size[1]))
+    return F.interpolate(h, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def split_channels(z: Tensor) -> tuple[Tensor, Tensor]:
+    """``z -> (z_0, z_1)``: kept half (``ceil(C/2)`` channels) and factored-out half (``floor(C/2)``)."""
+    keep = z.shape[1] - z.shape[1] // 2
+    return z[:, :keep], z[:, keep:]
+
+
+class ConditionalFlow(nn.Module):
+    """Conditional density ``p(y|x)`` as a multi-scale flow with conditional split priors and prior.
+
+    .. math:: \\log p(y|x) = \\log p(z_L | h_L) + \\sum_{l<L} \\log p(z_l^{out} | z_l^{keep}, h_l)
+              + \\sum_{l} \\log|\\det \\partial f_l / \\partial z_{l-1}|
+
+    Source: Winkler et al. 2019, sec. 3.1 and 5.1 (L levels of K sub-flows, split prior after every level but
+    the last, conditional prior on the rest); Dinh et al. 2016 and Kingma & Dhariwal 2018 for the
+    architecture. Level ``l`` is one bijection (a squeeze then K steps) that receives ``cond = h_l``: the
+    encoder's features ``h = g(x)`` resampled by this model to the level's resolution (``"interpolate"``,
+    CNF) or ``x`` brought to ``y``'s size and squeezed ``l + 1`` times (``"squeeze"``, c-Glow: lossless, so the
+    conditioning networks see all of ``x``).
+
+    Args:
+        y_shape, x_shape: ``(C, H, W)`` of ``y`` and ``x``.
+        encoder: ``g``, returning a tensor or a list with one tensor per level (``None``: ``h = x``).
+        levels: one bijection per level, input ``(B, C_l, H_l, W_l)`` before its squeeze.
+        split_priors: ``L - 1`` priors of the factored-out halves, ``cond = [z_keep, h_l]``.
+        prior: final prior, ``cond = h_{L-1}``.
+        cond_mode: ``"interpolate"`` or ``"squeeze"``.
+    """
+
+    def __init__(self, y_shape: Sequence[int], x_shape: Sequence[int], encoder: Optional[nn.Module],
+                 levels: Sequence[Bijection], split_priors: Sequence[nn.Module], prior: nn.Module,
+                 cond_mode: str = "interpolate"):
+        super().__init__()
+        if cond_mode not in COND_MODES:
+            raise ValueError(f"cond_mode {cond_mode!r} not in {COND_MODES}")
+        if len(split_priors) != len(levels) - 1:
+            raise ValueError(f"need {len(levels) - 1} split priors for {len(levels)} levels, got {len(split_priors)}")
+        self.y_shape = tuple(int(s) for s in y_shape)
+        self.x_shape = tuple(int(s) for s in x_shape)
+        self.encoder = encoder
+        self.levels = nn.ModuleList(levels)
+        self.split_priors = nn.ModuleList(split_priors)
+        self.prior = prior
+        self.cond_mode = cond_mode
+        _, hy, wy = self.y_shape
+        self.level_sizes = [(hy >> (l + 1), wy >> (l + 1)) for l in range(len(levels))]
+        self.config: dict = {}
+
+    # ----------------------------------------------------------------------------------------------- features
+    def conditions(self, x: Tensor) -> list[Tensor]:
+        """``[h_0, ..., h_{L-1}]``: the conditioning each level sees, at that level's resolution."""
+        if self.cond_mode == "squeeze":
+            h = resample(x, self.y_shape[1:])
+            out = []
+            for _ in self.level_sizes:
+                h = squeeze2d(h)
+                out.append(h)
+            return out
+        h = x if self.encoder is None else self.encoder(x)
+        feats = h if isinstance(h, (list, tuple)) else [h]
+        return [resample(feats[min(l, len(feats) - 1)], size) for l, size in enumerate(self.level_sizes)]
+
+    # ------------------------------------------------------------------------------------------ directions
+    def _encode(self, y: Tensor, conds: list[Tensor]) -> tuple[list[Tensor], Tensor, Tensor]:
+        """``y -> (latents, sum log|det J|, sum of split-prior log-densities)``."""
+        z, logdet, log_split = y, y.new_zeros(y.shape[0]), y.new_zeros(y.shape[0])
+        latents = []
+        for l, level in enumerate(self.levels):
+            z, ld = level(z, conds[l])
+            logdet = logdet + ld
+            if l < len(self.levels) - 1:
+                z, z_out = split_channels(z)
+                log_split = log_split + self.split_priors[l].log_prob(z_out, torch.cat([z, conds[l]], dim=1))
+                latents.append(z_out)
+        latents.append(z)
+        return latents, logdet, log_split
+
+    def _decode(self, latents: Sequence[Tensor], conds: list[Tensor]) -> Tensor:
+        z = latents[-1]
+        for l in reversed(range(len(self.levels))):
+            if l < len(self.levels) - 1:
+                z = torch.cat([z, latents[l]], dim=1)
+            z, _ = self.levels[l].inverse(z, conds[l])
+        return z
+
+    def log_prob(self, y: Tensor, x: Tensor) -> Tensor:
+        """``log p(y|x)`` in nats, shape ``(B,)``."""
+        conds = self.conditions(x)
+        latents, logdet, log_split = self._encode(y, conds)
+        return logdet + log_split + self.prior.log_prob(latents[-1], conds[-1])
+
+    def forward(self, y: Tensor, x: Tensor) -> Tensor:
+        """Same as :meth:`log_prob`, so DistributedDataParallel wraps the training objective."""
+        return self.log_prob(y, x)
+
+    def encode(self, y: Tensor, x: Tensor) -> list[Tensor]:
+        """Latents, one per level (factored-out halves), the final prior's last."""
+        return self._encode(y, self.conditions(x))[0]
+
+    def decode(self, latents: Sequence[Tensor], x: Tensor) -> Tensor:
+        """Exact inverse of :meth:`encode`."""
+        return self._decode(latents, self.conditions(x))
+
+    def sample(self, x: Tensor, temperature: float = 1.0) -> Tensor:
+        """Draw ``y ~ p(y|x)`` with every prior std scaled by ``temperature`` (0: decode the means)."""
+        conds = self.conditions(x)
+        z = self.prior.sample(conds[-1], temperature)
+        for l in reversed(range(len(self.levels))):
+            if l < len(self.levels) - 1:
+                z = torch.cat([z, self.split_priors[l].sample(torch.cat([z, conds[l]], dim=1), temperature)], 1)
+            z, _ = self.levels[l].inverse(z, conds[l])
+        return z
