@@ -58,6 +58,7 @@ class DataParams:
     dataset: str
     train_split: str = "train"
     eval_split: str = "test"
+    eval_dataset: Optional[str] = None  # evaluate on another dataset (c-Glow denoising: BSDS500 -> CBSD68)
     patch: Optional[int] = field(default=None, metadata=POSITIVE)  # random crop of y (and x) in training
     size: Optional[int] = field(default=None, metadata=POSITIVE)  # resize y to size x size (c-Glow 32/64/128)
     pad_multiple: int = field(default=1, metadata=POSITIVE)  # pad H, W to a multiple (2**levels for a flow)
@@ -400,6 +401,9 @@ def parse_params(raw: Mapping, overrides=(), experiment: str | None = None, sour
         if exp.data.dataset not in datasets:
             raise ParamsError(f"{path}.data.dataset: {exp.data.dataset!r} is not in datasets "
                               f"({', '.join(sorted(datasets)) or 'none declared'})")
+        if exp.data.eval_dataset is not None and exp.data.eval_dataset not in datasets:
+            raise ParamsError(f"{path}.data.eval_dataset: {exp.data.eval_dataset!r} is not in datasets "
+                              f"({', '.join(sorted(datasets))})")
         if exp.train.batch_size % exp.scaling.num_workers:
             raise ParamsError(f"{path}.train.batch_size: {exp.train.batch_size} is not divisible by "
                               f"scaling.num_workers={exp.scaling.num_workers} (the global batch is split evenly)")

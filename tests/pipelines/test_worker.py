@@ -1,0 +1,148 @@
+"""The training step outside Ray: it lowers the loss, skips non-finite steps, and DDP over 2 ranks equals 1 rank
+on the union batch (torch.distributed gloo in 2 processes, no Ray)."""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from pipelines.worker import NLLObjective, batches, lr_at, train_step
+from tests.conftest import free_port
+
+
+class TinyConditionalGaussian(nn.Module):
+    """A StructuredModel-shaped stand-in: nll(y, x) of y ~ N(mu(x), sigma(x)^2) per pixel."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Conv2d(1, 2, 3, padding=1)
+
+    def nll(self, y, x):
+        mu, log_sigma = self.net(x).chunk(2, dim=1)
+        z = (y - mu) * torch.exp(-log_sigma)
+        return (0.5 * z**2 + log_sigma + 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
+
+    def num_dims(self, y):
+        return y[0].numel()
+
+
+def toy_batch(n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 6, 6, generator=g)
+    y = 2.0 * x + 0.5 + 0.05 * torch.randn(n, 1, 6, 6, generator=g)
+    return y, x
+
+
+def real_model(y, x):
+    from flowlib.models import build_model
+
+    return build_model("cglow", "continuous", tuple(y.shape[1:]), tuple(x.shape[1:]), levels=1, steps=2, hidden=8)
+
+
+@pytest.mark.parametrize("kind", ["tiny", "real"])
+def test_train_step_lowers_the_loss(kind):
+    torch.manual_seed(0)
+    y, x = toy_batch(8)
+    if kind == "real":
+        y, x = y.repeat(1, 3, 2, 2)[:, :, :8, :8], x.repeat(1, 3, 2, 2)[:, :, :8, :8]
+        model = real_model(y, x)
+        with torch.no_grad():
+            model.nll(y, x)  # data-dependent init, as the worker does before DDP
+    else:
+        model = TinyConditionalGaussian()
+    objective = NLLObjective(model)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    dims = y[0].numel()
+    first = train_step(objective, opt, y, x, dims, grad_clip=10.0)
+    for _ in range(40):
+        last = train_step(objective, opt, y, x, dims, grad_clip=10.0)
+    assert first.finite and last.finite
+    assert last.loss < first.loss - 0.1 * abs(first.loss), (first, last)
+    assert last.bpd == pytest.approx(last.loss / (dims * math.log(2)))
+
+
+def test_non_finite_loss_skips_the_step_and_leaves_parameters_alone():
+    model = TinyConditionalGaussian()
+    objective = NLLObjective(model)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    y, x = toy_batch(4)
+    y[0, 0, 0, 0] = float("nan")
+    before = [p.detach().clone() for p in model.parameters()]
+    result = train_step(objective, opt, y, x, y[0].numel(), grad_clip=1.0)
+    assert not result.finite
+    for b, p in zip(before, model.parameters()):
+        assert torch.equal(b, p)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_gradient_clipping_bounds_the_update_norm():
+    model = TinyConditionalGaussian()
+    objective = NLLObjective(model)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    y, x = toy_batch(4)
+    y = y * 100  # huge gradients
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    result = train_step(objective, opt, y, x, y[0].numel(), grad_clip=0.5)
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert result.grad_norm > 0.5
+    assert (after - before).norm() == pytest.approx(0.5, rel=1e-4)
+
+
+def test_batches_cycles_epochs_and_rejects_an_empty_split():
+    seen = []
+    stream = batches(lambda e: iter([{"e": e, "i": 0}, {"e": e, "i": 1}]), start_epoch=3)
+    for _ in range(5):
+        seen.append(next(stream))
+    assert [e for e, _ in seen] == [3, 3, 4, 4, 5]
+    with pytest.raises(RuntimeError, match="no batch"):
+        next(batches(lambda e: iter([])))
+
+
+def test_warmup_schedule():
+    assert lr_at(0, 1e-3, 10) == pytest.approx(1e-4)
+    assert lr_at(9, 1e-3, 10) == pytest.approx(1e-3)
+    assert lr_at(50, 1e-3, 0) == 1e-3
+
+
+def _ddp_rank(rank, world_size, port, state, y, x, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        torch.set_num_threads(1)
+        model = TinyConditionalGaussian()
+        model.load_state_dict(state)
+        objective = nn.parallel.DistributedDataParallel(NLLObjective(model))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        half = y.shape[0] // world_size
+        sl = slice(rank * half, (rank + 1) * half)
+        result = train_step(objective, opt, y[sl], x[sl], y[0].numel(), grad_clip=None)
+        out[rank] = {"grad_norm": result.grad_norm,
+                     "params": [p.detach().clone() for p in model.parameters()]}
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_two_ranks_equal_one_rank_on_the_union_batch():
+    torch.manual_seed(1)
+    model = TinyConditionalGaussian()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    y, x = toy_batch(8, seed=3)
+    # one process, the whole batch
+    single = TinyConditionalGaussian()
+    single.load_state_dict(state)
+    opt = torch.optim.SGD(single.parameters(), lr=0.1)
+    ref = train_step(NLLObjective(single), opt, y, x, y[0].numel(), grad_clip=None)
+    # two processes, half each
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_ddp_rank, args=(2, free_port(), state, y, x, out), nprocs=2, join=True)
+        out = dict(out)
+    for rank in (0, 1):
+        assert out[rank]["grad_norm"] == pytest.approx(ref.grad_norm, rel=1e-5)
+        for p_ddp, p_ref in zip(out[rank]["params"], single.parameters()):
+            torch.testing.assert_close(p_ddp, p_ref.detach(), rtol=1e-5, atol=1e-6)
