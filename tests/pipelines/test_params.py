@@ -1,0 +1,126 @@
+"""params.yaml -> typed dataclasses: errors name the key path, --set overrides are typed and checked."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.params import ParamsError, flatten, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[2]
+
+WINKLER = ["sr_imagenet32_cnf", "sr_imagenet32_factorized", "sr_imagenet64_cnf", "sr_imagenet64_factorized",
+           "drive_cnf", "drive_cnf_uniform", "drive_factored"]
+CGLOW = ["horses32_cglow", "horses64_cglow", "horses128_cglow", "lfw32_cglow", "lfw64_cglow", "lfw128_cglow",
+         "denoise_cglow", "depth_cglow", "inpaint_cglow"]
+
+
+def minimal():
+    return {"profile": "demo", "datasets": {"drive": {"source": "demo"}},
+            "defaults": {"train": {"steps": 7, "lr": 1e-3}, "scaling": {"num_workers": 2}},
+            "experiments": {"drive_cnf": {"paper": "winkler2019", "task": "vessel", "data": {"dataset": "drive"},
+                                          "model": {"family": "cnf", "levels": 2, "growth": 5},
+                                          "train": {"lr": 2e-3}}}}
+
+
+@pytest.mark.parametrize("path", ["params.yaml", "params-paper.yaml"])
+def test_shipped_params_hold_every_experiment_of_both_papers(path):
+    if not (ROOT / path).exists():
+        pytest.skip(f"{path} absent")
+    params = load_params(ROOT / path)
+    assert set(WINKLER + CGLOW) <= set(params.experiments)
+    assert params.profile == ("demo" if path == "params.yaml" else "paper")
+    for name, exp in params.experiments.items():
+        assert exp.paper == ("winkler2019" if name in WINKLER else "lu2020"), name
+        assert exp.data.dataset in params.datasets
+
+
+def test_paper_profile_has_table5_settings():
+    path = ROOT / "params-paper.yaml"
+    if not path.exists():
+        pytest.skip("params-paper.yaml absent")
+    p = load_params(path)
+    sr = p.experiment("sr_imagenet64_cnf")
+    assert (sr.train.batch_size, sr.model.levels, sr.model.steps, sr.train.lr, sr.train.steps) == (64, 2, 8, 1e-4, 200_000)
+    drive = p.experiment("drive_cnf")
+    assert (drive.train.batch_size, drive.model.levels, drive.model.steps, drive.train.lr) == (2, 2, 2, 1e-3)
+    assert drive.model.dequantization == "binary" and drive.model.encoder == "vgg"
+
+
+def test_defaults_merge_and_pass_through_model_options():
+    exp = parse_params(minimal()).experiment("drive_cnf")
+    assert exp.train.steps == 7 and exp.train.lr == 2e-3  # default merged, experiment wins
+    assert exp.scaling.num_workers == 2
+    assert exp.model.build_options() == {"levels": 2, "growth": 5}
+    assert flatten(exp.to_dict())["model.growth"] == 5
+    assert exp.flatten()["train.lr"] == 2e-3
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda r: r["experiments"]["drive_cnf"]["train"].update(lr="abc"),
+     "experiments.drive_cnf.train.lr: expected a positive float, got 'abc'"),
+    (lambda r: r["experiments"]["drive_cnf"]["train"].update(lr=-1.0),
+     "experiments.drive_cnf.train.lr: expected a positive float, got -1.0"),
+    (lambda r: r["experiments"]["drive_cnf"]["train"].update(stpes=3),
+     "experiments.drive_cnf.train.stpes: unknown key; allowed keys: steps, batch_size, lr"),
+    (lambda r: r["experiments"]["drive_cnf"]["model"].update(family="glow"),
+     "experiments.drive_cnf.model.family: expected one of 'cnf', 'cglow', 'factorized', got 'glow'"),
+    (lambda r: r["experiments"]["drive_cnf"]["data"].update(dataset="nope"),
+     "experiments.drive_cnf.data.dataset: 'nope' is not in datasets"),
+    (lambda r: r["experiments"]["drive_cnf"].pop("task"), "experiments.drive_cnf: missing required key(s): task"),
+    (lambda r: r["experiments"]["drive_cnf"].setdefault("scaling", {}).update(use_gpu="yes"),
+     "experiments.drive_cnf.scaling.use_gpu: expected a boolean"),
+    (lambda r: r["experiments"]["drive_cnf"]["train"].update(steps=2.5),
+     "experiments.drive_cnf.train.steps: expected a positive integer, got 2.5"),
+    (lambda r: r.update(profile="fast"), "profile: expected one of 'demo', 'paper', got 'fast'"),
+    (lambda r: r.update(extras=1), "extras: unknown top-level key; allowed keys: defaults"),
+    (lambda r: r["experiments"]["drive_cnf"]["train"].update(batch_size=3),
+     "train.batch_size: 3 is not divisible by scaling.num_workers=2"),
+])
+def test_errors_name_the_key(mutate, message):
+    raw = minimal()
+    mutate(raw)
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    assert message in str(err.value)
+
+
+def test_set_overrides_are_yaml_typed_and_relative_or_absolute():
+    exp = parse_params(minimal(), ["train.lr=1e-4", "train.steps=3", "scaling.use_gpu=false",
+                                   "experiments.drive_cnf.model.levels=3", "model.growth=9",
+                                   "train.grad_clip=null", "sweep.temperatures=[0, 0.5]"], "drive_cnf") \
+        .experiment("drive_cnf")
+    assert exp.train.lr == 1e-4 and isinstance(exp.train.lr, float)
+    assert exp.train.steps == 3 and exp.model.levels == 3 and exp.model.options["growth"] == 9
+    assert exp.train.grad_clip is None and exp.sweep.temperatures == (0, 0.5)
+    # a schema key absent from the file may be set
+    assert parse_params(minimal(), ["data.patch=16"], "drive_cnf").experiment("drive_cnf").data.patch == 16
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lrr=1", "--set train.lrr: unknown key; allowed here: "),
+    ("model.widht=3", "--set model.widht: unknown key"),
+    ("experiments.other.train.lr=1", "unknown key 'experiments.other'"),
+    ("train.lr=abc", "experiments.drive_cnf.train.lr: expected a positive float, got 'abc'"),
+    ("train.lr", "expected key=value"),
+])
+def test_set_rejects_unknown_keys_and_bad_values(override, message):
+    with pytest.raises(ParamsError) as err:
+        parse_params(minimal(), [override], "drive_cnf")
+    assert message in str(err.value)
+
+
+def test_load_params_names_the_file_and_lists_experiments(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(minimal()))
+    with pytest.raises(ParamsError, match=r"p.yaml: .*no experiment 'x'; available: drive_cnf"):
+        load_params(path, experiment="x")
+    with pytest.raises(ParamsError, match="params file not found"):
+        load_params(tmp_path / "missing.yaml")
+
+
+def test_frozen():
+    exp = parse_params(minimal()).experiment("drive_cnf")
+    with pytest.raises(Exception):
+        exp.train.lr = 1.0
