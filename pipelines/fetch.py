@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pipelines import shards, storage
 from pipelines.datasets import get_dataset
+from pipelines.datasets.readers import ReaderError
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         manifest = fetch(args.dataset, args.source, args.out, shard_size=args.shard_size,
                          verify=not args.no_verify)
-    except (FetchError, shards.ShardError, storage.StorageError, KeyError, ValueError) as exc:
+    except (FetchError, ReaderError, shards.ShardError, storage.StorageError, KeyError, ValueError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"cnf fetch {args.dataset}: error: {message}", file=sys.stderr)
         return 2
