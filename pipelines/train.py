@@ -27,6 +27,7 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RUN_ID_FILE = "mlflow_run_id"
+CONFIG_FILE = "config_sha256"  # what the checkpoints in <storage>/<experiment> were trained with
 # Environment a worker on a remote cluster needs to reach the same services (no secrets: configure those on
 # the cluster itself).
 _FORWARD_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
@@ -48,7 +49,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter, e.g. --set train.steps=10 (relative to the experiment) or "
                              "--set experiments.drive_cnf.train.lr=1e-4; repeatable")
-    parser.add_argument("--data", help="training shards (folder or s3:// URI; default: data/<dataset>)")
+    parser.add_argument("--data", help="training shards (folder or s3:// URI; default: <data-root>/<dataset>)")
+    parser.add_argument("--data-root", default="data/shards",
+                        help="folder (or s3:// prefix) holding one shard folder per dataset (default: %(default)s)")
     parser.add_argument("--storage", default="runs",
                         help="Ray storage path (folder or s3:// URI); the run lives in <storage>/<experiment>")
     parser.add_argument("--state-dir", help="local folder for the MLflow run id file (default: runs/<experiment>)")
@@ -196,12 +199,33 @@ def train_experiment(exp, params, *, data_dir: str, storage: str, state_dir: Pat
     data_sha = manifest_sha256(data_dir)
 
     run_dir = storage.rstrip("/") + "/" + exp.name
+    # Resuming is only sound for the same model, data and optimiser: more steps may continue a finished run,
+    # but a changed config (e.g. a DVC rerun after editing params.yaml) must start over.
+    resume_key = {k: v for k, v in experiment.items() if k not in ("eval", "sweep", "scaling", "description", "table")}
+    resume_key["train"] = {k: v for k, v in experiment["train"].items()
+                           if k not in ("steps", "checkpoint_every", "log_every", "fail_at_step", "max_nonfinite")}
+    config_sha = hashlib.sha256(json.dumps(resume_key, sort_keys=True).encode()).hexdigest()
+    try:
+        previous_sha = (state_dir / CONFIG_FILE).read_text().strip()
+    except FileNotFoundError:
+        previous_sha = None
+    if previous_sha is not None and previous_sha != config_sha and not fresh:
+        print(f"[{exp.name}] configuration changed since the stored run: starting fresh", flush=True)
+        fresh = True
     if fresh:
-        if "://" not in storage and Path(run_dir).exists():
-            shutil.rmtree(run_dir)
+        if "://" not in storage:
+            if Path(run_dir).exists():
+                shutil.rmtree(run_dir)
+        else:
+            import pyarrow.fs
+
+            fs, path = pyarrow.fs.FileSystem.from_uri(run_dir)
+            if fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
+                fs.delete_dir(path)
         (state_dir / RUN_ID_FILE).unlink(missing_ok=True)
         (state_dir / "fail_at_step.done").unlink(missing_ok=True)
     state_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(state_dir / CONFIG_FILE, config_sha + "\n")
 
     # MLflow: one run per experiment, reopened on a rerun; rank 0 logs per-step metrics into it.
     exp_name = tracking.experiment_name(exp.paper, params.mlflow.experiment_prefix)
@@ -316,7 +340,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"cnf train: {exc}", file=sys.stderr)
         return 2
     exp = params.experiment(args.experiment)
-    data_dir = _abs(args.data or PROJECT_ROOT / "data" / exp.data.dataset)
+    data_dir = _abs(args.data or str(args.data_root).rstrip("/") + "/" + exp.data.dataset)
     storage = _abs(args.storage if "://" in str(args.storage) or Path(args.storage).is_absolute()
                    else Path.cwd() / args.storage)
     state_dir = Path(_abs(args.state_dir or (Path(storage) / exp.name if "://" not in storage

@@ -1,0 +1,127 @@
+"""`cnf train` through real Ray Train, MLflow and the real model/loader on the embedded demo data.
+
+Each Ray start costs 10-30 s on a 2-core machine, so these are few, tiny and marked slow.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port, wait_for_port
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+CNF = str(Path(sys.executable).parent / "cnf")
+EXP = "drive_cnf"
+TINY = ["model.levels=1", "model.steps=1", "model.hidden=8", "data.patch=16", "train.batch_size=2",
+        "train.log_every=2", "train.lr=1e-3"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards") / "drive"
+    subprocess.run([CNF, "fetch", "drive", "--source", "demo", "--out", str(out)], check=True, capture_output=True)
+    return out
+
+
+def cnf_train(tmp: Path, shards: Path, *sets: str, tracking: str | None = None, popen: bool = False):
+    env = os.environ.copy()
+    env["MLFLOW_TRACKING_URI"] = tracking or f"sqlite:///{tmp / 'mlflow.db'}"
+    env.pop("RAY_ADDRESS", None)
+    cmd = [CNF, "train", EXP, "--params", str(ROOT / "params.yaml"), "--data", str(shards),
+           "--storage", str(tmp / "runs"), "--model-out", str(tmp / "models" / f"{EXP}.pt"),
+           "--metrics-out", str(tmp / "metrics" / f"{EXP}.json"), "--num-cpus", "2"]
+    for s in [*TINY, *sets]:
+        cmd += ["--set", s]
+    if popen:
+        return subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+    return json.loads((tmp / "metrics" / f"{EXP}.json").read_text()), proc.stdout + proc.stderr
+
+
+def client(tracking):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking)
+
+
+def test_two_worker_run_lowers_loss_and_tracks_everything(tmp_path, shards):
+    metrics, log = cnf_train(tmp_path, shards, "train.steps=16", "train.checkpoint_every=8", "scaling.num_workers=2")
+    assert metrics["steps"] == 16 and metrics["resumed_from_step"] == 0 and metrics["num_workers"] == 2
+    assert metrics["samples_per_s"] > 0 and metrics["startup_s"] > 0 and metrics["nonfinite_skipped"] == 0
+    assert (tmp_path / "models" / f"{EXP}.pt").is_file()
+    c = client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = c.get_run(metrics["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert c.get_experiment(run.info.experiment_id).name == "winkler2019-cnf"
+    assert run.data.params["train.steps"] == "16" and len(run.data.params["data_manifest_sha256"]) == 64
+    history = [m.value for m in sorted(c.get_metric_history(run.info.run_id, "train_nll"), key=lambda m: m.step)]
+    assert len(history) >= 4 and min(history[-2:]) < history[0], history
+    arts = {a.path for a in c.list_artifacts(run.info.run_id, "checkpoint")}
+    assert "checkpoint/model.pt" in arts
+    assert any(a.path.endswith(".png") for a in c.list_artifacts(run.info.run_id, "samples")), log[-3000:]
+    # The final checkpoint loads through the flowlib contract.
+    from flowlib.checkpoint import load_model
+
+    load_model(str(tmp_path / "models" / f"{EXP}.pt"))
+
+
+def test_driver_sigkill_then_rerun_resumes_same_step_counter_and_mlflow_run(tmp_path, shards):
+    sets = ("train.steps=400", "train.checkpoint_every=4")
+    proc = cnf_train(tmp_path, shards, *sets, popen=True)
+    deadline = time.monotonic() + 240
+    run_dir = tmp_path / "runs" / EXP
+    try:
+        while time.monotonic() < deadline and not list(run_dir.glob("checkpoint_*/train_state.pt")):
+            assert proc.poll() is None, proc.stdout.read()[-5000:]
+            time.sleep(0.5)
+        assert list(run_dir.glob("checkpoint_*/train_state.pt")), "no checkpoint appeared"
+        time.sleep(1.0)  # let the checkpoint manager snapshot land
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started (local Ray)
+        proc.wait(timeout=30)
+    first_run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    metrics, _ = cnf_train(tmp_path, shards, "train.steps=12", "train.checkpoint_every=4")
+    assert metrics["resumed_from_step"] > 0 and metrics["steps"] == 12
+    assert metrics["mlflow_run_id"] == first_run_id
+
+
+def test_killed_worker_is_restarted_from_the_last_checkpoint(tmp_path, shards):
+    metrics, log = cnf_train(tmp_path, shards, "train.steps=10", "train.checkpoint_every=3",
+                             "train.fail_at_step=5", "scaling.num_workers=2", "scaling.max_failures=2")
+    assert (tmp_path / "runs" / EXP / "fail_at_step.done").exists()
+    assert metrics["steps"] == 10 and metrics["resumed_from_step"] == 3, log[-4000:]
+
+
+def test_tracking_to_a_real_mlflow_server_with_s3_artifacts(tmp_path, shards, s3_server, s3_bucket):
+    port = free_port()
+    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", f"s3://{s3_bucket}/mlartifacts"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_port(port, timeout=90, proc=server)
+        uri = f"http://127.0.0.1:{port}"
+        metrics, log = cnf_train(tmp_path, shards, "train.steps=4", "train.checkpoint_every=2", tracking=uri)
+        c = client(uri)
+        run = c.get_run(metrics["mlflow_run_id"])
+        assert run.info.status == "FINISHED" and "train_bpd" in run.data.metrics
+        assert "checkpoint/model.pt" in {a.path for a in c.list_artifacts(run.info.run_id, "checkpoint")}
+        import boto3
+
+        keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
+        assert any(k.endswith("checkpoint/model.pt") for k in keys), keys
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
