@@ -1,0 +1,124 @@
+"""`cnf tables` against a real MLflow store (SQLite in tmp_path) filled by short runs."""
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from pipelines import cli, reported, tables, tracking
+
+EXPERIMENTS = {
+    # name: (paper, tables, task, family, dequantization, dataset, size, primary metrics, extra splits)
+    "drive_cnf": ("winkler2019", ["winkler_table3"], "vessel", "cnf", "binary", "drive", None,
+                  {"f1": 0.61, "bpd": 0.3}, {}),
+    "drive_factored": ("winkler2019", ["winkler_table3"], "vessel", "factorized", None, "drive", None,
+                       {"f1": 0.55, "bpd": 0.4}, {}),
+    "sr_imagenet64_cnf": ("winkler2019", ["winkler_table1", "winkler_table2"], "sr", "cnf", None, "imagenet64", 32,
+                          {"bpd": 4.1, "psnr": 25.0, "ssim": 0.7},
+                          {"set5": {"dataset": "set5", "bpd": 4.5, "psnr": 26.0, "ssim": 0.71}}),
+    "horses64_cglow": ("lu2020", ["cglow_table1"], "horses", "cglow", None, "horses", 24, {"iou": 0.5, "bpd": 0.9}, {}),
+    "denoise_cglow": ("lu2020", ["cglow_table3"], "denoise", "cglow", None, "bsds500", 16, {"psnr": 20.5}, {}),
+}
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    metrics = tmp_path / "metrics"
+    run_ids = {}
+    for name, (paper, tbls, task, family, deq, dataset, size, primary, extra) in EXPERIMENTS.items():
+        run_id = tracking.open_run(tracking.experiment_name(paper), name)
+        for step in range(1, 4):
+            tracking.log_metrics(run_id, {"train_nll": 10.0 / step}, step=step)
+        run_ids[name] = run_id
+        curve = {"thresholds": [0.5, 1.0], "precision": [0.5, 0.8], "recall": [0.9, 0.5], "f1": [0.64, 0.61]}
+        splits = {"test": {"dataset": dataset, "split": "test", "n": 2, **primary}}
+        if task == "vessel":
+            splits["test"].update(curve=curve, samples_pr={"precision": [0.6, 0.7], "recall": [0.8, 0.7]})
+        for split_name, values in extra.items():
+            splits[split_name] = {"split": "test", "n": 5, **values}
+        payload = {"experiment": name, "paper": paper, "tables": tbls, "task": task, "profile": "demo",
+                   "mlflow_run_id": run_id, "model": {"family": family, "dequantization": deq},
+                   "data": {"dataset": dataset, "size": size}, "primary": "test", "splits": splits}
+        (metrics / "eval").mkdir(parents=True, exist_ok=True)
+        (metrics / "eval" / f"{name}.json").write_text(json.dumps(payload))
+    # A score row that needs no training: the DRIVE second observer, tracked in its own run.
+    human_run = tracking.open_run(tracking.experiment_name("winkler2019"), "score-human")
+    tracking.log_metrics(human_run, {"f1": 0.791})
+    (metrics / "score").mkdir()
+    (metrics / "score" / "human.json").write_text(json.dumps(
+        {"task": "vessel", "method": "second_observer", "dataset": "drive", "f1": 0.791, "precision": 0.807,
+         "recall": 0.776, "per_image": {"precision": [0.8, 0.81], "recall": [0.77, 0.78]}, "name": "score-human",
+         "mlflow_run_id": human_run}))
+    run_ids["score-human"] = human_run
+    return tmp_path, run_ids
+
+
+def test_tables_cite_existing_runs_beside_reported_rows(store):
+    from mlflow import MlflowClient
+
+    root, run_ids = store
+    out, figs = root / "tables", root / "figures"
+    assert cli.main(["tables", "--metrics", str(root / "metrics"), "--out", str(out), "--figures", str(figs)]) == 0
+
+    for name in [f"winkler_table{i}" for i in (1, 2, 3)] + [f"cglow_table{i}" for i in range(1, 6)]:
+        for ext in ("md", "csv", "tex"):
+            assert (out / f"{name}.{ext}").is_file(), f"{name}.{ext}"
+    client = MlflowClient(tracking_uri=tracking.tracking_uri())
+    computed_total = 0
+    for csv in out.glob("*.csv"):
+        df = pd.read_csv(csv)
+        ours = df[df["source"].str.startswith("computed")]
+        for run_id in ours["mlflow_run_id"]:
+            assert isinstance(run_id, str), f"{csv.name}: computed row without a run id"
+            assert client.get_run(run_id).info.run_id == run_id
+        computed_total += len(ours)
+        # Reported rows carry exactly the papers' numbers.
+        theirs = df[df["source"].str.startswith("reported")]
+        assert len(theirs) == len(reported.TABLES[csv.stem]["rows"])
+        assert theirs["mlflow_run_id"].isna().all()
+    assert computed_total == 7  # 2 DRIVE + human + table1 + Set5 + horses + denoise
+
+    t3 = pd.read_csv(out / "winkler_table3.csv")
+    human = t3[(t3["method"] == "Human")]
+    assert sorted(human["f1"].tolist()) == [0.791, 0.791]
+    assert human[human["source"].str.startswith("computed")]["mlflow_run_id"].item() == run_ids["score-human"]
+    cnf = t3[(t3["method"] == "CNF") & t3["source"].str.startswith("computed")]
+    assert cnf["f1"].item() == pytest.approx(0.61)
+    assert cnf["mlflow_run_id"].item() == run_ids["drive_cnf"]
+    assert t3[t3["method"] == "Factored"]["source"].str.startswith("computed").sum() == 1
+
+    t2 = pd.read_csv(out / "winkler_table2.csv")
+    ours = t2[t2["source"].str.startswith("computed")]
+    assert ours[["dataset", "method"]].values.tolist() == [["Set5", "CNF"]]
+    assert ours["psnr"].item() == 26.0
+
+    t1 = pd.read_csv(out / "cglow_table1.csv")
+    row = t1[t1["source"].str.startswith("computed")].iloc[0]
+    assert row["image_size"] == "24x24" and "64x64" in row["notes"]
+
+    readme = (out / "README.md").read_text()
+    assert "demo" in readme and "f1 0.61 (paper 0.819)" in readme and "iou 0.5 (paper 0.852)" in readme
+    assert "(Winkler et al. 2019, Table 3)" in (out / "winkler_table3.md").read_text()
+    for fig in ("winkler_fig5_pr_curves.png", "winkler_fig5_pr_samples.png", "cglow_fig6_likelihood_curves.png",
+                "winkler_likelihood_curves.png"):
+        assert (figs / fig).stat().st_size > 1000
+    assert tables.metric_histories({"x": run_ids["drive_cnf"]})["x (train_nll)"][1] == [10.0, 5.0, 10.0 / 3]
+
+
+def test_tables_without_results_have_only_reported_rows(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    frames = tables.build_all(tmp_path / "none", tmp_path / "t", None, profile="demo")
+    assert set(frames) == set(reported.TABLES)
+    for name, df in frames.items():
+        assert (df["source"].str.startswith("reported")).all()
+        assert not df[list(reported.TABLES[name]["metrics"])].isna().all().all()
+
+
+def test_reported_numbers_match_paper_transcription():
+    assert reported.reported_value("winkler_table3", "f1", method="CNF") == 0.819
+    assert reported.reported_value("winkler_table2", "psnr", dataset="Set5", method="Bicubic") == 33.7
+    assert reported.reported_value("cglow_table4", "psnr", method="c-Glow") == 36.53
+    assert math.isclose(reported.reported_value("winkler_table1", "bpd", dataset="ImageNet64", method="CNF"), 2.90)
