@@ -155,13 +155,17 @@ class _Sink:
         self.tmpdir = tempfile.mkdtemp(prefix="cnf-shards-")
         self.pending: list[tuple[str, str]] = []  # (local path, final name) awaiting commit (local dest)
         self.written: list[str] = []  # final URIs that exist and must be removed on failure
+        self.temps: list[str] = []  # every temporary path handed out, finished or not
 
     def new_path(self, name: str) -> str:
         if self.s3:
-            return os.path.join(self.tmpdir, name)
-        folder = storage.local_path(self.dest)
-        folder.mkdir(parents=True, exist_ok=True)
-        return str(folder / f".{name}.tmp-{os.getpid()}")
+            path = os.path.join(self.tmpdir, name)
+        else:
+            folder = storage.local_path(self.dest)
+            folder.mkdir(parents=True, exist_ok=True)
+            path = str(folder / f".{name}.tmp-{os.getpid()}")
+        self.temps.append(path)
+        return path
 
     def finish(self, path: str, name: str) -> None:
         if self.s3:
@@ -180,7 +184,7 @@ class _Sink:
         self.pending.clear()
 
     def abort(self) -> None:
-        for path, _ in self.pending:
+        for path in self.temps:  # includes the shard that was being written when the error struck
             Path(path).unlink(missing_ok=True)
         for uri in self.written:
             try:
