@@ -1,0 +1,140 @@
+"""`cnf fetch`: real releases, S3 in and out, and corrupt inputs that must fail cleanly."""
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines import fetch, shards, storage
+from pipelines.cli import main
+from tests.conftest import shared_archive
+
+
+def test_drive_release(tmp_path):
+    dest = tmp_path / "drive"
+    assert main(["fetch", "drive", "--source", str(shared_archive("DRIVE.zip")), "--out", str(dest)]) == 0
+    manifest = shards.validate(str(dest))
+    assert {s: v["count"] for s, v in manifest["splits"].items()} == {"train": 20, "test": 20}
+    train = list(shards.iter_samples(str(dest), "train"))
+    test = list(shards.iter_samples(str(dest), "test"))
+    assert [s["__key__"] for s in train] == [f"{i:02d}" for i in range(21, 41)]
+    assert [s["__key__"] for s in test] == [f"{i:02d}" for i in range(1, 21)]
+    for sample in train[:2] + test[:2]:
+        assert sample["input.png"].shape == (584, 565, 3)
+        assert set(np.unique(sample["target.png"])) == {0, 1}
+        assert set(np.unique(sample["mask.png"])) == {0, 1}
+        assert 0.6 < sample["mask.png"].mean() < 0.8  # the FOV disc covers ~69% of the frame
+    assert all("target2.png" in s for s in test) and not any("target2.png" in s for s in train)
+    assert not np.array_equal(test[0]["target.png"], test[0]["target2.png"])  # a different observer
+
+
+def test_set5_and_cbsd68_releases(tmp_path, capsys):
+    assert main(["fetch", "set5", "--source", f"file://{shared_archive('Set5.zip')}", "--out",
+                 str(tmp_path / "set5")]) == 0
+    set5 = list(shards.iter_samples(str(tmp_path / "set5"), "test"))
+    assert sorted(s["__key__"] for s in set5) == ["baby", "bird", "butterfly", "head", "woman"]
+    for s in set5:
+        assert s["input.png"].shape[0] * 2 == s["target.png"].shape[0]
+    assert main(["fetch", "cbsd68", "--source", str(shared_archive("CBSD68.zip")), "--out",
+                 str(tmp_path / "cbsd68")]) == 0
+    sizes = {s["target.png"].shape for s in shards.iter_samples(str(tmp_path / "cbsd68"), "test")}
+    assert sizes == {(321, 481, 3), (481, 321, 3)}
+    assert shards.read_manifest(str(tmp_path / "cbsd68"))["splits"]["test"]["count"] == 68
+
+
+def test_checksum_mismatch_names_the_archive(tmp_path, capsys):
+    fake = tmp_path / "Set5.zip"
+    with zipfile.ZipFile(shared_archive("Set5.zip")) as src, zipfile.ZipFile(fake, "w") as dst:
+        for name in src.namelist()[:3]:
+            dst.writestr(name, src.read(name))
+    assert main(["fetch", "set5", "--source", str(fake), "--out", str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err
+    assert "Set5.zip" in err and "does not match the expected 7a1308" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_truncated_image_names_the_file_and_leaves_nothing(tmp_path, capsys):
+    folder = tmp_path / "set5"
+    with zipfile.ZipFile(shared_archive("Set5.zip")) as archive:
+        archive.extractall(folder)
+    victim = next(folder.rglob("bird.png"))
+    victim.write_bytes(victim.read_bytes()[:2000])
+    out = tmp_path / "out"
+    assert main(["fetch", "set5", "--source", str(folder), "--out", str(out)]) != 0
+    err = capsys.readouterr().err
+    assert "bird.png" in err and "cannot decode" in err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def _fake_drive(root: Path, manual: np.ndarray | None = None, with_mask: bool = True) -> Path:
+    """One DRIVE training triple (key 21) in the release layout: enough for the reader to reach its checks."""
+    base = root / "DRIVE" / "training"
+    for sub in ("images", "1st_manual", "mask"):
+        (base / sub).mkdir(parents=True)
+    Image.fromarray(np.zeros((12, 10, 3), np.uint8)).save(base / "images" / "21_training.tif")
+    labels = manual if manual is not None else (np.eye(12, 10) * 255).astype(np.uint8)
+    Image.fromarray(labels).save(base / "1st_manual" / "21_manual1.gif")
+    if with_mask:
+        Image.fromarray(np.full((12, 10), 255, np.uint8)).save(base / "mask" / "21_training_mask.gif")
+    return root
+
+
+def test_missing_file_and_bad_labels_are_named(tmp_path, capsys):
+    source = _fake_drive(tmp_path / "missing", with_mask=False)
+    assert main(["fetch", "drive", "--source", str(source), "--out", str(tmp_path / "o1")]) != 0
+    assert "FOV mask 21" in capsys.readouterr().err
+    bad = np.zeros((12, 10), np.uint8)
+    bad[3, 3] = 128
+    source = _fake_drive(tmp_path / "bad", manual=bad)
+    assert main(["fetch", "drive", "--source", str(source), "--out", str(tmp_path / "o2")]) != 0
+    err = capsys.readouterr().err
+    assert "21_manual1.gif" in err and "128" in err
+    for out in ("o1", "o2"):
+        assert not (tmp_path / out).exists() or list((tmp_path / out).iterdir()) == []
+
+
+def test_wrong_count_fails_without_leftovers(tmp_path, capsys):
+    folder = tmp_path / "set5"
+    with zipfile.ZipFile(shared_archive("Set5.zip")) as archive:
+        archive.extractall(folder)
+    next(folder.rglob("head.png")).unlink()
+    assert main(["fetch", "set5", "--source", str(folder), "--out", str(tmp_path / "out")]) != 0
+    assert "has 4 samples, expected 5" in capsys.readouterr().err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_s3_archive_to_s3_shards_and_back_through_the_loader(s3_bucket, tmp_path):
+    from pipelines.loader import make_loader
+
+    source = f"s3://{s3_bucket}/releases/Set5.zip"
+    storage.put_file(shared_archive("Set5.zip"), source)
+    dest = f"s3://{s3_bucket}/shards/set5"
+    assert main(["fetch", "set5", "--source", source, "--out", dest, "--shard-size", "2"]) == 0
+    assert sorted(storage.listdir(dest)) == ["manifest.json", "test-000000.tar", "test-000001.tar",
+                                              "test-000002.tar"]
+    keys = []
+    for batch in make_loader(dest, "test", "sr", batch_size=1, train=False, size=32, num_workers=2):
+        assert batch["y"].shape == (1, 3, 32, 32) and batch["x"].shape == (1, 3, 16, 16)
+        keys += batch["key"]
+    assert sorted(keys) == ["baby", "bird", "butterfly", "head", "woman"]
+    # A failing fetch into S3 leaves nothing under its prefix.
+    broken = tmp_path / "Set5.zip"
+    broken.write_bytes(b"not a zip")
+    bad = f"s3://{s3_bucket}/releases/bad/Set5.zip"
+    storage.put_file(broken, bad)
+    with pytest.raises(fetch.FetchError, match="Set5.zip: sha256"):
+        fetch.fetch("set5", bad, f"s3://{s3_bucket}/shards/bad")
+    with pytest.raises(fetch.FetchError, match="corrupt or truncated archive"):
+        fetch.fetch("set5", bad, f"s3://{s3_bucket}/shards/bad", verify=False)
+    assert storage.listdir(f"s3://{s3_bucket}/shards/bad") == []
+
+
+def test_demo_source_into_s3(s3_bucket):
+    dest = f"s3://{s3_bucket}/demo/drive"
+    manifest = fetch.fetch("drive", "demo", dest)
+    assert manifest == fetch.fetch("drive", "demo", dest)  # the rerun is a no-op
+    assert shards.validate(dest)["splits"]["test"]["count"] == 2
