@@ -1,0 +1,308 @@
+r"""``build_model``: structured prediction models ``p(y|x)`` for every target type, the pipeline's one entry point.
+
+A :class:`StructuredModel` wraps either a conditional flow (``"cnf"``, ``"cglow"``) with the dequantizer its
+discrete target needs, or a factorized baseline (``"factorized"``). All share one interface: ``nll`` (training
+objective), ``log_likelihood`` (reporting), ``num_dims``, ``sample``, ``predict`` and ``config`` (see
+docs/architecture.md). Prediction is the sample mean of Lu & Huang 2020, sec. 4.3,
+
+.. math:: \hat y = \frac{1}{N}\sum_{n=1}^{N} y^{(n)}, \qquad y^{(n)} \sim p(y|x),
+
+rounded for binary and 8-bit targets, and the most frequent class for categorical targets.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .baselines import BASELINE_ENCODERS, build_baseline, count_parameters
+from .dequantize import DEQUANTIZATIONS, build_dequantizer, quantize
+from .flows import build_flow
+
+__all__ = ["StructuredModel", "FlowModel", "FactorizedModel", "build_model", "parameter_counts",
+           "FAMILIES", "TARGETS"]
+
+FAMILIES = ("cnf", "cglow", "factorized")
+TARGETS = ("image8", "binary", "categorical", "continuous")
+# Quantization levels per element of the flow's y (categorical: each one-hot channel is binary).
+LEVELS = {"image8": 256, "binary": 2, "categorical": 2}
+# Dequantizations each discrete target admits, the first being the default. Binary CNF: Winkler et al. 2019,
+# sec. 3.2 ("CNF uniform" is their Table 3 ablation); 8-bit SR: uniform noise (sec. 5.1); c-Glow: uniform.
+DEQUANTIZATION_CHOICES = {"image8": ("uniform", "variational"), "binary": ("binary", "uniform", "variational"),
+                          "categorical": ("uniform", "variational", "binary")}
+BASELINE_OF = {"image8": "logistic", "binary": "bernoulli", "categorical": "categorical", "continuous": "gaussian"}
+DEFAULT_BASELINE_ENCODER = {"image8": "rrdb", "binary": "vgg", "categorical": "conditioning",
+                            "continuous": "conditioning"}
+# `encoder_options` keys (params.yaml) -> flat option names of build_flow / build_baseline
+ENCODER_OPTION_NAMES = {"blocks": "encoder_blocks", "growth": "encoder_growth", "context_channels": "context_channels",
+                        "width": "encoder_width", "levels": "encoder_levels"}
+
+
+def _flatten_encoder_options(options: dict[str, Any]) -> dict[str, Any]:
+    opts = dict(options)
+    nested = opts.pop("encoder_options", None) or {}
+    if not isinstance(nested, dict):
+        raise ValueError(f"build_model: option encoder_options must be a mapping, got {type(nested).__name__}")
+    for key, value in nested.items():
+        if key not in ENCODER_OPTION_NAMES:
+            raise ValueError(f"build_model: option encoder_options.{key} not in {sorted(ENCODER_OPTION_NAMES)}")
+        flat = ENCODER_OPTION_NAMES[key]
+        if flat in opts and opts[flat] != value:
+            raise ValueError(f"build_model: encoder_options.{key}={value!r} conflicts with {flat}={opts[flat]!r}")
+        opts[flat] = value
+    return opts
+
+
+class StructuredModel(nn.Module):
+    """Common interface of every model ``build_model`` returns (docs/architecture.md)."""
+
+    target: str = "continuous"
+    config: dict
+
+    def nll(self, y: Tensor, x: Tensor) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def log_likelihood(self, y: Tensor, x: Tensor) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def sample(self, x: Tensor, temperature: float = 1.0) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward(self, y: Tensor, x: Tensor) -> Tensor:
+        """The training objective ``nll(y, x)``, so that DistributedDataParallel can wrap the model."""
+        return self.nll(y, x)
+
+    def num_dims(self, y: Tensor) -> int:
+        """``D = C H W`` of the data-space target ``y`` (one sample), for bits/dim."""
+        return int(y[0].numel())
+
+    def _summarise(self, mean: Tensor, std: Tensor) -> dict[str, Tensor]:
+        if self.target == "categorical":
+            prediction = mean.argmax(dim=1, keepdim=True).to(mean.dtype)
+        elif self.target == "binary":
+            prediction = (mean > 0.5).to(mean.dtype)
+        elif self.target == "image8":
+            prediction = mean.round().clamp(0, 255)
+        else:
+            prediction = mean
+        return {"mean": mean, "prediction": prediction, "std": std}
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, n_samples: int = 8, temperature: float = 1.0) -> dict[str, Tensor]:
+        r"""Sample-mean prediction (Lu & Huang 2020, sec. 4.3): ``mean``, ``prediction`` and ``std``.
+
+        ``mean``: the per-pixel sample mean (binary: frequency of 1, i.e. the probability map; categorical:
+        per-class frequencies ``(B, K, H, W)``); ``prediction``: rounded / argmax / the mean itself; ``std``:
+        the per-pixel sample standard deviation (categorical: per class).
+        """
+        if int(n_samples) < 1:
+            raise ValueError(f"predict: n_samples must be >= 1, got {n_samples}")
+        total = total_sq = None
+        for _ in range(int(n_samples)):  # running sums: memory stays one sample whatever n_samples is
+            s = self.sample(x, temperature)
+            if self.target == "categorical":
+                s = F.one_hot(s[:, 0].long(), self.num_classes).permute(0, 3, 1, 2).to(x.dtype)
+            total = s if total is None else total + s
+            total_sq = s * s if total_sq is None else total_sq + s * s
+        mean = total / n_samples
+        std = (total_sq / n_samples - mean * mean).clamp_min(0).sqrt()
+        return self._summarise(mean, std)
+
+
+class FlowModel(StructuredModel):
+    r"""A conditional flow on ``y`` (continuous) or on a dequantized, centred ``v`` (discrete targets).
+
+    .. math:: \log P(y|x) \ge \mathbb{E}_{q(v|y,x)}\left[\log p(v - \tfrac12 \,|\, x) - \log q(v|y,x)\right]
+
+    ``v`` lies in the unit scale of the dequantizer (8-bit: ``(y + u)/256``), so ``\log q`` already holds
+    every rescaling's Jacobian; centring by ``1/2`` has Jacobian 1. Categorical ``y`` is one-hot encoded into
+    ``K`` channels first (each a binary variable). Sources: Winkler et al. 2019, sec. 2.1, 3.2 and 5;
+    Lu & Huang 2020, sec. 4.2.
+    """
+
+    def __init__(self, flow: nn.Module, dequantizer: Optional[nn.Module], target: str, num_classes: Optional[int]):
+        super().__init__()
+        self.flow = flow
+        self.dequantizer = dequantizer
+        self.target = target
+        self.num_classes = num_classes
+        self.levels = LEVELS.get(target)
+
+    def _flow_target(self, y: Tensor) -> Tensor:
+        if self.target == "categorical":
+            return F.one_hot(y[:, 0].long(), self.num_classes).permute(0, 3, 1, 2).to(y.dtype)
+        return y
+
+    def log_likelihood(self, y: Tensor, x: Tensor) -> Tensor:
+        """Continuous ``y``: ``log p(y|x)``. Discrete: a one-sample estimate of the dequantization bound."""
+        if self.dequantizer is None:
+            return self.flow.log_prob(y, x)
+        v, log_q = self.dequantizer.dequantize(self._flow_target(y), x)
+        return self.flow.log_prob(v - 0.5, x) - log_q
+
+    def nll(self, y: Tensor, x: Tensor) -> Tensor:
+        """Negative ``log_likelihood`` (the negative dequantization bound for discrete targets), shape (B,)."""
+        return -self.log_likelihood(y, x)
+
+    def sample(self, x: Tensor, temperature: float = 1.0) -> Tensor:
+        """``y ~ p(y|x)`` in data space: quantized (8-bit, binary), argmax of the one-hot channels (categorical)."""
+        v = self.flow.sample(x, temperature)
+        if self.dequantizer is None:
+            return v
+        v = v + 0.5
+        if self.target == "categorical":
+            return v.argmax(dim=1, keepdim=True).to(v.dtype)
+        return quantize(v, self.levels)
+
+
+class FactorizedModel(StructuredModel):
+    """A factorized baseline (flowlib.baselines) behind the StructuredModel interface.
+
+    ``predict`` returns the baseline's exact per-pixel mean and std, the limit of the sample mean of
+    Lu & Huang 2020, sec. 4.3 as ``N`` grows (``n_samples`` is then not needed).
+    """
+
+    def __init__(self, baseline: nn.Module, target: str, num_classes: Optional[int]):
+        super().__init__()
+        self.baseline = baseline
+        self.target = target
+        self.num_classes = num_classes
+
+    def nll(self, y: Tensor, x: Tensor) -> Tensor:
+        """Negative log-likelihood; for the weighted Bernoulli the weighted cross-entropy (eq. 9's numerator)."""
+        return self.baseline.nll(y, x)
+
+    def log_likelihood(self, y: Tensor, x: Tensor) -> Tensor:
+        return self.baseline.log_likelihood(y, x)
+
+    def sample(self, x: Tensor, temperature: float = 1.0) -> Tensor:
+        return self.baseline.sample(x, temperature)
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, n_samples: int = 8, temperature: float = 1.0) -> dict[str, Tensor]:
+        mean, std = self.baseline.moments(x, temperature)
+        return self._summarise(mean, std)
+
+
+def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
+    if value not in allowed:
+        raise ValueError(f"build_model: option {name}={value!r} not in {tuple(allowed)}")
+
+
+def build_model(family: str, target: str, y_shape: Sequence[int], x_shape: Sequence[int],
+                **options: Any) -> StructuredModel:
+    """Build the model of ``family`` for a ``target`` of shape ``y_shape`` given ``x`` of shape ``x_shape``.
+
+    ``family in {"cnf", "cglow", "factorized"}``, ``target in {"image8", "binary", "categorical",
+    "continuous"}``; shapes are ``(C, H, W)`` of one data-space sample (categorical: ``C = 1`` of class indices).
+
+    Options (errors name the option and the allowed values):
+      - every family: ``hidden``, ``encoder``, ``encoder_options`` (``blocks``, ``growth``,
+        ``context_channels``, ``width``, ``levels``; flattened to ``encoder_*``), ``num_classes`` (categorical,
+        required).
+      - flows: ``levels``, ``steps``, ``dequantization`` (per target, see ``DEQUANTIZATION_CHOICES``),
+        ``dequantizer_steps`` (2), ``dequantizer_hidden`` (= ``hidden``), ``cond_hidden`` (c-Glow: sets
+        ``cond_channels``, ``cond_fc_width`` and ``coupling_cond_channels`` unless given); every other option
+        goes to ``build_flow`` (which rejects unknown ones).
+      - factorized: ``beta`` (weighted Bernoulli, eq. 9), ``param_budget`` (choose ``hidden`` to match a
+        parameter count), ``levels`` (VGG encoder outputs), ``encoder`` in ``BASELINE_ENCODERS`` with a
+        per-target default (RRDB for 8-bit SR, VGG for binary DRIVE, c-Glow's feature net otherwise).
+
+    The model's ``config`` rebuilds it: ``build_model(**model.config)``.
+    """
+    _check_choice("family", family, FAMILIES)
+    _check_choice("target", target, TARGETS)
+    y_shape = [int(s) for s in y_shape]
+    x_shape = [int(s) for s in x_shape]
+    if len(y_shape) != 3 or len(x_shape) != 3:
+        raise ValueError(f"build_model: y_shape and x_shape must be (C, H, W), got {y_shape} and {x_shape}")
+    opts = _flatten_encoder_options(options)
+    num_classes = opts.pop("num_classes", None)
+    if target == "categorical":
+        if num_classes is None or int(num_classes) < 2:
+            raise ValueError(f"build_model: target='categorical' needs option num_classes >= 2, got {num_classes}")
+        if y_shape[0] != 1:
+            raise ValueError(f"build_model: categorical y holds class indices, so y_shape[0] must be 1: {y_shape}")
+        num_classes = int(num_classes)
+    elif num_classes is not None:
+        raise ValueError(f"build_model: option num_classes is only for target='categorical', not {target!r}")
+    config = {"family": family, "target": target, "y_shape": y_shape, "x_shape": x_shape, **options}
+
+    if family == "factorized":
+        for key in ("steps", "dequantization", "dequantizer_steps", "dequantizer_hidden", "cond_hidden"):
+            if key in opts:
+                raise ValueError(f"build_model: option {key} is for flows, not family='factorized'")
+        if "levels" in opts:
+            opts["encoder_levels"] = opts.pop("levels")
+        opts.setdefault("encoder", DEFAULT_BASELINE_ENCODER[target])
+        _check_choice("encoder", opts["encoder"], BASELINE_ENCODERS)
+        if "beta" in opts and target != "binary":
+            raise ValueError(f"build_model: option beta is for target='binary' (weighted Bernoulli), not {target!r}")
+        if target == "categorical":
+            opts["num_classes"] = num_classes
+        baseline = build_baseline(BASELINE_OF[target], y_shape, x_shape, **opts)
+        if "param_budget" in config:  # record the width the budget chose, so the rebuild needs no search
+            config.pop("param_budget")
+            config["hidden"] = baseline.config["hidden"]
+        model: StructuredModel = FactorizedModel(baseline, target, num_classes)
+        model.config = config
+        return model
+
+    if "beta" in opts or "param_budget" in opts:
+        raise ValueError(f"build_model: options beta and param_budget are for family='factorized', not {family!r}")
+    if "encoder_levels" in opts:
+        raise ValueError("build_model: option encoder_options.levels is for factorized baselines; a flow's VGG "
+                         "encoder has one output per flow level (option levels)")
+    deq_kind = opts.pop("dequantization", None)
+    deq_steps = int(opts.pop("dequantizer_steps", 2))
+    deq_hidden = opts.pop("dequantizer_hidden", None)
+    cond_hidden = opts.pop("cond_hidden", None)
+    if cond_hidden is not None:
+        if family != "cglow":
+            raise ValueError(f"build_model: option cond_hidden is for family='cglow', not {family!r}")
+        for key in ("cond_channels", "cond_fc_width", "coupling_cond_channels"):
+            opts.setdefault(key, int(cond_hidden))
+    if family == "cglow":
+        if opts.pop("encoder", None) is not None:
+            raise ValueError("build_model: option encoder is for family='cnf' (c-Glow conditions through its "
+                             "own conditioning networks)")
+
+    if target == "continuous":
+        if deq_kind is not None:
+            raise ValueError(f"build_model: option dequantization={deq_kind!r} is for discrete targets, "
+                             "not target='continuous'")
+        dequantizer = None
+        flow_shape = y_shape
+    else:
+        choices = DEQUANTIZATION_CHOICES[target]
+        if deq_kind is None:
+            deq_kind = "uniform" if family == "cglow" else choices[0]
+        _check_choice(f"dequantization (target={target!r})", deq_kind, choices)
+        flow_shape = [num_classes, *y_shape[1:]] if target == "categorical" else y_shape
+        hidden = int(deq_hidden if deq_hidden is not None else opts.get("hidden", 32))
+        dequantizer = build_dequantizer(deq_kind, flow_shape, x_shape, levels=LEVELS[target], steps=deq_steps,
+                                        hidden=hidden)
+    flow = build_flow(family, flow_shape, x_shape, **opts)
+    model = FlowModel(flow, dequantizer, target, num_classes)
+    model.config = config
+    return model
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Trainable parameter counts: ``total``, ``encoder`` (``h = g(x)``), ``dequantizer``, ``rest``.
+
+    For logging a matched parameter budget (Winkler et al. 2019, sec. 5.1) next to every run.
+    """
+    total = count_parameters(model)
+    encoder = 0
+    for name in ("flow", "baseline"):
+        part = getattr(model, name, None)
+        if part is not None and getattr(part, "encoder", None) is not None:
+            encoder += count_parameters(part.encoder)
+    deq = getattr(model, "dequantizer", None)
+    dequantizer = count_parameters(deq) if deq is not None else 0
+    return {"total": total, "encoder": encoder, "dequantizer": dequantizer,
+            "rest": total - encoder - dequantizer}

@@ -1,0 +1,200 @@
+"""build_model: every family x target trains a step with gradients everywhere, predicts in data space, and the
+flows' dequantization bounds are true lower bounds (their probabilities over all configurations sum to <= 1)."""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+
+from flowlib.actnorm import ActNorm
+from flowlib.baselines import count_parameters
+from flowlib.models import FAMILIES, TARGETS, build_model, parameter_counts
+
+TINY = {
+    "cnf": dict(levels=1, steps=1, hidden=8, encoder_options={"blocks": 1, "growth": 4}, context_channels=4),
+    "cglow": dict(levels=1, steps=1, hidden=8, cond_hidden=4),
+    "factorized": dict(hidden=8, encoder_options={"blocks": 1, "growth": 4, "width": 4}, context_channels=4),
+}
+K = 3
+
+
+def _shapes(target):
+    return ((1, 4, 4) if target in ("binary", "categorical") else (3, 4, 4)), (3, 4, 4)
+
+
+def _data(target, y_shape, b=2, gen=None):
+    if target == "image8":
+        return torch.randint(0, 256, (b, *y_shape), generator=gen).float()
+    if target == "binary":
+        return torch.randint(0, 2, (b, *y_shape), generator=gen).float()
+    if target == "categorical":
+        return torch.randint(0, K, (b, *y_shape), generator=gen).float()
+    return torch.randn(b, *y_shape, generator=gen)
+
+
+def _build(family, target, **extra):
+    y_shape, x_shape = _shapes(target)
+    opts = {**TINY[family], **({"num_classes": K} if target == "categorical" else {}), **extra}
+    return build_model(family, target, y_shape, x_shape, **opts), y_shape, x_shape
+
+
+def _perturb(model, scale=0.1, seed=0):
+    """Random non-identity parameters: zero-initialised output layers would otherwise block gradients."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+        for m in model.modules():
+            if isinstance(m, ActNorm):
+                m.initialized.fill_(1)
+    return model
+
+
+@pytest.mark.parametrize("family,target", list(itertools.product(FAMILIES, TARGETS)))
+def test_every_combination_trains_a_step_and_predicts_in_data_space(family, target):
+    torch.manual_seed(0)
+    model, y_shape, x_shape = _build(family, target)
+    json.dumps(model.config)
+    gen = torch.Generator().manual_seed(1)
+    y, x = _data(target, y_shape, gen=gen), torch.rand(2, *x_shape, generator=gen)
+    with torch.no_grad():
+        model.nll(y, x)  # data-dependent initialisation, as the training loop does
+    _perturb(model)
+    loss = model.nll(y, x)
+    assert loss.shape == (2,) and torch.isfinite(loss).all()
+    loss.mean().backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()
+            or p.grad.abs().sum() == 0]
+    assert not dead, f"no gradient reaches {dead}"
+    if family != "factorized" or target != "binary":
+        ll = model.log_likelihood(y, x)
+        assert torch.isfinite(ll).all()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer.step()
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+    model.eval()
+    s = model.sample(x, temperature=0.7)
+    assert s.shape == y.shape
+    out = model.predict(x, n_samples=3, temperature=0.7)
+    mean_channels = K if target == "categorical" else y_shape[0]
+    assert out["mean"].shape == (2, mean_channels, *y_shape[1:])
+    assert out["std"].shape == out["mean"].shape
+    assert out["prediction"].shape == y.shape
+    pred = out["prediction"]
+    if target == "image8":
+        assert torch.equal(s, s.round()) and s.min() >= 0 and s.max() <= 255
+        assert torch.equal(pred, pred.round()) and pred.min() >= 0 and pred.max() <= 255
+        assert (pred - out["mean"]).abs().max() <= 0.5
+    elif target == "binary":
+        assert set(s.unique().tolist()) <= {0.0, 1.0} and set(pred.unique().tolist()) <= {0.0, 1.0}
+        assert ((out["mean"] >= 0) & (out["mean"] <= 1)).all()
+        assert torch.equal(pred, (out["mean"] > 0.5).float())
+    elif target == "categorical":
+        assert set(s.unique().tolist()) <= set(range(K))
+        torch.testing.assert_close(out["mean"].sum(1), torch.ones(2, *y_shape[1:]))
+        assert torch.equal(pred[:, 0], out["mean"].argmax(1).float())
+    else:
+        assert torch.equal(pred, out["mean"])
+
+
+def _bound_probabilities(model, configs, x1, n):
+    """exp of the Monte Carlo dequantization bound of every configuration (one sample of x)."""
+    c = configs.shape[0]
+    y = configs.repeat_interleave(n, dim=0)  # one batch: config-major
+    with torch.no_grad():
+        ll = model.log_likelihood(y, x1.expand(c * n, *x1.shape[1:]))
+    return ll.view(c, n).mean(1).exp()
+
+
+@pytest.mark.parametrize("family,dequantization", [("cnf", "binary"), ("cnf", "uniform"), ("cnf", "variational"),
+                                                    ("cglow", "uniform")])
+def test_binary_flow_bound_sums_to_at_most_one_over_all_configurations(family, dequantization):
+    torch.manual_seed(2)
+    y_shape, x_shape = (1, 2, 2), (2, 2, 2)  # D = 4: all 16 configurations
+    opts = {**TINY[family], "hidden": 6, "dequantization": dequantization}
+    if family == "cnf":
+        opts["encoder"] = "none"
+    model = _perturb(build_model(family, "binary", y_shape, x_shape, **opts).double(), scale=0.2).eval()
+    configs = torch.tensor(list(itertools.product([0.0, 1.0], repeat=4)), dtype=torch.float64).view(16, *y_shape)
+    x1 = torch.rand(1, *x_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    probs = _bound_probabilities(model, configs, x1, n=1500)
+    assert probs.sum() <= 1.0 + 1e-3, probs.sum()
+    if dequantization == "binary":  # half-spaces tile R^D: a bound this loose would mean the test measures nothing
+        assert probs.sum() > 0.05, probs.sum()
+
+
+def test_categorical_flow_bound_sums_to_at_most_one_over_all_configurations():
+    torch.manual_seed(4)
+    y_shape, x_shape = (1, 2, 2), (1, 2, 2)  # 3^4 = 81 label maps, 12 one-hot dimensions
+    model = build_model("cglow", "categorical", y_shape, x_shape, num_classes=K, levels=1, steps=1, hidden=6,
+                        cond_hidden=4)
+    model = _perturb(model.double(), scale=0.2).eval()
+    configs = torch.tensor(list(itertools.product(range(K), repeat=4)), dtype=torch.float64).view(-1, *y_shape)
+    x1 = torch.rand(1, *x_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    probs = _bound_probabilities(model, configs, x1, n=200)
+    assert probs.sum() <= 1.0 + 1e-3, probs.sum()
+
+
+def test_image8_bound_counts_the_256_rescaling():
+    """A continuous flow on v - 1/2 and the bound differ by exactly D log 256 for uniform dequantization."""
+    torch.manual_seed(6)
+    model = _perturb(build_model("cnf", "image8", (3, 4, 4), (3, 2, 2), **TINY["cnf"]).double()).eval()
+    y = torch.randint(0, 256, (2, 3, 4, 4)).double()
+    x = torch.rand(2, 3, 2, 2, dtype=torch.float64)
+    torch.manual_seed(7)
+    ll = model.log_likelihood(y, x)
+    torch.manual_seed(7)
+    v = (y + torch.rand_like(y)) / 256
+    expected = model.flow.log_prob(v - 0.5, x) - 48 * math.log(256)
+    torch.testing.assert_close(ll, expected)
+    assert model.num_dims(y) == 48
+
+
+def test_temperature_zero_predictions_are_deterministic():
+    model = _perturb(_build("cnf", "continuous")[0]).eval()
+    x = torch.rand(2, 3, 4, 4)
+    a, b = model.predict(x, n_samples=2, temperature=0.0), model.predict(x, n_samples=2, temperature=0.0)
+    torch.testing.assert_close(a["mean"], b["mean"])
+    assert a["std"].abs().max() < 1e-5
+
+
+def test_config_rebuilds_the_same_architecture():
+    for family, target in [("cnf", "binary"), ("cglow", "categorical"), ("factorized", "image8")]:
+        model = _build(family, target)[0]
+        clone = build_model(**json.loads(json.dumps(model.config)))
+        clone.load_state_dict(model.state_dict())
+        assert count_parameters(clone) == count_parameters(model)
+
+
+def test_factorized_param_budget_matches_a_flow():
+    flow = _build("cnf", "image8")[0]
+    budget = parameter_counts(flow)["total"]
+    base = build_model("factorized", "image8", (3, 4, 4), (3, 4, 4), param_budget=budget,
+                       encoder_options={"blocks": 1, "growth": 4}, context_channels=4)
+    counts = parameter_counts(base)
+    assert abs(counts["total"] - budget) / budget < 0.05, (counts, budget)
+    assert "param_budget" not in base.config and base.config["hidden"] == base.baseline.config["hidden"]
+    assert counts["encoder"] > 0 and counts["total"] == counts["encoder"] + counts["dequantizer"] + counts["rest"]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(family="vae", target="binary"), "family='vae'"),
+    (dict(family="cnf", target="depth"), "target='depth'"),
+    (dict(family="cnf", target="image8", dequantization="binary"), "dequantization"),
+    (dict(family="cnf", target="continuous", dequantization="uniform"), "discrete targets"),
+    (dict(family="cnf", target="categorical"), "num_classes"),
+    (dict(family="cnf", target="binary", beta=0.9), "beta"),
+    (dict(family="factorized", target="binary", steps=2), "option steps"),
+    (dict(family="factorized", target="binary", encoder="unet"), "encoder='unet'"),
+    (dict(family="cnf", target="binary", encoder_options={"depth": 3}), "encoder_options.depth"),
+    (dict(family="cnf", target="binary", coupling="spline"), "coupling"),
+    (dict(family="cglow", target="binary", encoder="rrdb"), "option encoder"),
+])
+def test_invalid_options_name_the_option(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_model(y_shape=(1, 4, 4), x_shape=(3, 4, 4), **kwargs)
