@@ -104,6 +104,11 @@ class TaskScorer:
     def add_batch(self, batch: Mapping[str, Any], out: Mapping[str, torch.Tensor], samples: list[torch.Tensor]) -> None:
         y, x = batch["y"], batch["x"]
         mask = batch.get("mask")
+        if out["mean"].shape[0] != y.shape[0] or out["mean"].shape[-2:] != y.shape[-2:]:
+            raise ValueError(f"task {self.name}: the model predicts {tuple(out['mean'].shape)} for targets "
+                             f"{tuple(y.shape)} (keys {list(batch.get('key', []))}); a model fixed to its training "
+                             "shape cannot score these images (set eval sizes to match, or make the model "
+                             "size-agnostic)")
         self.keys.extend(list(batch.get("key", [])))
         for i in range(y.shape[0]):
             yi = _np(y[i])
