@@ -131,13 +131,23 @@ def process_sample(raw: dict[str, bytes], task: tasks.Task, *, train: bool, seed
             mask = _hwc(_resize_nearest(mask, shape))
             extras = {k: _hwc(_resize_nearest(v, shape)) for k, v in extras.items()}
 
-    if train and (augment if augment is not None else task.name == "vessel"):
+    augmenting = train and (augment if augment is not None else task.name == "vessel")
+    if augmenting:
         arrays = {"y": y, "mask": mask, **({"x": x} if x is not None else {}), **extras}
+        if patch and task.name != "sr":
+            # Warping a whole 565x584 image to keep a 64x64 patch wastes ~99% of the work: warp a random
+            # window large enough for any rotation (sqrt 2), zoom-out (1/0.8) and shear, keep its centre.
+            arrays = _random_window(arrays, int(np.ceil(patch * 2.3)), rng)
         warped = drive_augment(arrays, rng, discrete={"mask", "superpixels"} | ({"y"} if discrete else set()))
         y, mask, x = warped["y"], warped["mask"], warped.get("x")
         extras = {k: warped[k] for k in extras}
+        if patch and task.name != "sr":
+            window = _center_window(y.shape[:2], patch)
+            y, mask = y[window], mask[window]
+            x = x[window] if x is not None else None
+            extras = {k: v[window] for k, v in extras.items()}
 
-    if train and patch:
+    if train and patch and not (augmenting and task.name != "sr"):
         y, x, mask, extras = _random_patch(y, x, mask, extras, patch, scale if task.name == "sr" else 1, rng, key)
 
     if task.name in ("denoise", "depth", "inpaint"):
@@ -161,6 +171,27 @@ def process_sample(raw: dict[str, bytes], task: tasks.Task, *, train: bool, seed
            "mask": np.ascontiguousarray(mask.transpose(2, 0, 1), np.float32), "key": key}
     out.update({k: np.ascontiguousarray(v.transpose(2, 0, 1), np.float32) for k, v in extras.items()})
     return out
+
+
+def _random_window(arrays: dict[str, np.ndarray], side: int, rng: np.random.Generator) -> dict:
+    """The same random ``side`` x ``side`` window of every array (zero-padded where it leaves the image)."""
+    h, w = next(iter(arrays.values())).shape[:2]
+    top = int(rng.integers(-(side // 2), h - side // 2))  # window centre uniform over the image
+    left = int(rng.integers(-(side // 2), w - side // 2))
+    out = {}
+    for name, array in arrays.items():
+        window = np.zeros((side, side, array.shape[2]), np.float32)
+        t0, l0 = max(top, 0), max(left, 0)
+        t1, l1 = min(top + side, h), min(left + side, w)
+        if t1 > t0 and l1 > l0:
+            window[t0 - top: t1 - top, l0 - left: l1 - left] = array[t0:t1, l0:l1]
+        out[name] = window
+    return out
+
+
+def _center_window(shape: tuple[int, int], patch: int) -> tuple[slice, slice]:
+    top, left = (shape[0] - patch) // 2, (shape[1] - patch) // 2
+    return slice(top, top + patch), slice(left, left + patch)
 
 
 def _random_patch(y, x, mask, extras, patch, scale, rng, key):

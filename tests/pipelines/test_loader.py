@@ -66,6 +66,9 @@ def test_drive_batches_augmentation_and_padding(demo_root):
     assert batch["x"].shape == (2, 3, 64, 64) and batch["x"].dtype == torch.float32
     assert set(torch.unique(batch["y"]).tolist()) <= {0.0, 1.0}
     assert set(torch.unique(batch["mask"]).tolist()) <= {0.0, 1.0}
+    patches = next(iter(make_loader(str(demo_root / "drive"), "train", "vessel", 4, train=True, patch=32)))
+    assert patches["y"].shape == (4, 1, 32, 32) and set(torch.unique(patches["y"]).tolist()) <= {0.0, 1.0}
+    assert patches["mask"].sum() > 0
     plain = next(iter(make_loader(str(demo_root / "drive"), "test", "vessel", 2, train=False, pad_multiple=24)))
     assert plain["y"].shape == (2, 1, 72, 72) and plain["mask"][:, :, 64:].sum() == 0
     assert plain["key"] == ["01", "02"]
