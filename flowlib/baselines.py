@@ -115,8 +115,13 @@ class FactorizedBaseline(nn.Module):
         theta = self.head(torch.cat(feats, dim=1))
         return theta.view(x.shape[0], self.params_per_channel, self.out_channels, *theta.shape[-2:])
 
+    def grid_of(self, x: Tensor) -> tuple[int, int]:
+        """``y``'s grid for an ``x`` of any size: the build-time ratio of ``y`` to ``x`` (SR: the scale factor)."""
+        (_, hy, wy), (_, hx, wx) = self.y_shape, self.x_shape
+        return round(x.shape[-2] * hy / hx), round(x.shape[-1] * wy / wx)
+
     def _theta(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
-        return self.parameters_of(x, self.y_shape[1:] if y is None else y.shape[-2:])
+        return self.parameters_of(x, self.grid_of(x) if y is None else y.shape[-2:])
 
     # subclasses: elementwise log-probabilities from theta
     def log_prob_elements(self, y: Tensor, theta: Tensor) -> Tensor:  # pragma: no cover

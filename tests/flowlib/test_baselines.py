@@ -111,6 +111,8 @@ def test_gradients_reach_every_parameter_and_sizes_may_change(encoder):
     assert not missing, missing
     # evaluation on a larger image than the training grid (full Set5 images after patch training)
     assert model.log_likelihood(torch.zeros(1, 3, 12, 16), torch.rand(1, 3, 6, 8)).shape == (1,)
+    assert model.sample(torch.rand(1, 3, 6, 8)).shape == (1, 3, 12, 16)
+    assert model.moments(torch.rand(1, 3, 6, 8))[0].shape == (1, 3, 12, 16)
 
 
 def test_param_budget_matches_a_target_count_and_config_rebuilds():
