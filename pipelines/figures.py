@@ -69,7 +69,8 @@ def pr_curves(curves: Mapping[str, Mapping], path: str | os.PathLike, points: Ma
         f = 2 * p * r / max(p + r, 1e-12)
         ax.plot([r], [p], "*", ms=10, label=f"{label} [F={f:.3f}]")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="recall", ylabel="precision", title=title)
-    ax.legend(loc="lower left", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -86,7 +87,8 @@ def pr_scatter(samples: Mapping[str, Mapping[str, Sequence[float]]], path: str |
     for label, s in samples.items():
         ax.scatter(s["recall"], s["precision"], s=10, alpha=0.6, label=label)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="recall", ylabel="precision", title=title)
-    ax.legend(loc="lower left", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 

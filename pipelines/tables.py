@@ -238,7 +238,9 @@ def comparison(name: str, df) -> list[str]:
             theirs = match[metric].dropna().tolist() if len(match) else []
             cells.append(f"{metric} {ours:.4g}" + (f" (paper {theirs[0]:.4g})" if theirs else " (paper: -)"))
         where = ", ".join(str(row[k]) for k in spec["keys"])
-        lines.append(f"- {where}: {'; '.join(cells) or 'no metric'} [run `{row.get('mlflow_run_id') or 'none'}`, "
+        run_id = row.get("mlflow_run_id")
+        run_id = run_id if isinstance(run_id, str) and run_id else "none"
+        lines.append(f"- {where}: {'; '.join(cells) or 'no metric'} [run `{run_id}`, "
                      f"{row['source']}]")
     return lines or ["- no computed rows yet (run `dvc repro`, or `cnf train/evaluate/score`)"]
 
