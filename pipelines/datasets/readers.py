@@ -220,6 +220,16 @@ def read_lfw_parts(root: Path, spec) -> dict[str, Iterator[dict]]:
     Ground truth colours: red = hair, green = face, blue = background -> classes 2, 1, 0. Splits from
     parts_train.txt / parts_validation.txt / parts_test.txt (lines "Name_Surname N").
     """
+    by_name: dict[str, Path] = {}  # one walk of the ~10^4 files instead of one per sample
+    for path in sorted(root.rglob("*")):
+        if path.suffix.lower() in (".jpg", ".ppm", ".dat") and path.is_file():
+            by_name.setdefault(path.name, path)
+
+    def find(name: str, what: str) -> Path:
+        if name not in by_name:
+            raise ReaderError(f"{root}: missing {what} ({name})")
+        return by_name[name]
+
     def split(list_name: str) -> Iterator[dict]:
         list_path = _one(root, rf"/{list_name}$", list_name)
         for line_no, line in enumerate(list_path.read_text().splitlines(), 1):
@@ -229,9 +239,9 @@ def read_lfw_parts(root: Path, spec) -> dict[str, Iterator[dict]]:
             if len(parts) != 2 or not parts[1].isdigit():
                 raise ReaderError(f"{list_path}:{line_no}: expected 'Name N', got {line!r}")
             key = f"{parts[0]}_{int(parts[1]):04d}"
-            image_path = _one(root, rf"/lfw_funneled/{re.escape(parts[0])}/{key}\.jpg$", f"image {key}.jpg")
-            gt_path = _one(root, rf"/{key}\.ppm$", f"label map {key}.ppm")
-            sp_path = _one(root, rf"/{key}\.dat$", f"super-pixel map {key}.dat")
+            image_path = find(f"{key}.jpg", "funneled image")
+            gt_path = find(f"{key}.ppm", "label map")
+            sp_path = find(f"{key}.dat", "super-pixel map")
             image, gt = _rgb(image_path), _rgb(gt_path)
             if gt.shape != image.shape:
                 raise ReaderError(f"{gt_path}: size {gt.shape[:2]} differs from {image_path.name} {image.shape[:2]}")

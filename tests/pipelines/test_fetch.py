@@ -138,3 +138,73 @@ def test_demo_source_into_s3(s3_bucket):
     manifest = fetch.fetch("drive", "demo", dest)
     assert manifest == fetch.fetch("drive", "demo", dest)  # the rerun is a no-op
     assert shards.validate(dest)["splits"]["test"]["count"] == 2
+
+
+# ------------------------------------------------ readers on miniature copies of the official release layouts
+def _save(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def test_imagenet_npz_reader(tmp_path):
+    from pipelines.datasets import get_dataset, readers
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "Imagenet32_train_npz"
+    folder.mkdir()
+    batches = {b: rng.integers(0, 256, (2, 3072), dtype=np.uint8) for b in (1, 2, 10)}
+    for b, data in batches.items():
+        np.savez(folder / f"train_data_batch_{b}.npz", data=data, labels=np.arange(2))
+    np.savez(tmp_path / "val_data.npz", data=batches[1], labels=np.arange(2))
+    splits = readers.read_imagenet_npz(tmp_path, get_dataset("imagenet32"))
+    train = list(splits["train"])
+    assert [s["__key__"] for s in train] == [f"train_{i:07d}" for i in range(6)]
+    # Channel-major rows: R plane, G plane, B plane; batch 10 comes after batch 2 (numeric order).
+    np.testing.assert_array_equal(train[4]["target.png"][..., 1], batches[10][0, 1024:2048].reshape(32, 32))
+    assert train[0]["input.png"].shape == (16, 16, 3) and len(list(splits["valid"])) == 2
+    np.savez(folder / "train_data_batch_3.npz", data=np.zeros((2, 100), np.uint8))
+    with pytest.raises(readers.ReaderError, match="train_data_batch_3.npz"):
+        list(readers.read_imagenet_npz(tmp_path, get_dataset("imagenet32"))["train"])
+
+
+def test_lfw_parts_reader_maps_colours_to_classes(tmp_path):
+    from pipelines.datasets import get_dataset, readers
+
+    _save(tmp_path / "lfw_funneled" / "Ann_Bee" / "Ann_Bee_0001.jpg", np.zeros((25, 25, 3), np.uint8))
+    gt = np.zeros((25, 25, 3), np.uint8)
+    gt[:8, :, 0], gt[8:18, :, 1], gt[18:, :, 2] = 255, 255, 255  # hair, face, background
+    _save(tmp_path / "parts_lfw_funneled_gt_images" / "Ann_Bee_0001.ppm", gt)
+    sp = tmp_path / "parts_lfw_funneled_superpixels_mat" / "Ann_Bee" / "Ann_Bee_0001.dat"
+    sp.parent.mkdir(parents=True)
+    np.savetxt(sp, np.arange(625).reshape(25, 25) // 30, fmt="%d")
+    for name in ("parts_train.txt", "parts_validation.txt", "parts_test.txt"):
+        (tmp_path / name).write_text("Ann_Bee 1\n")
+    sample = next(iter(readers.read_lfw_parts(tmp_path, get_dataset("lfw_parts"))["train"]))
+    assert sample["__key__"] == "Ann_Bee_0001"
+    assert sample["target.png"][0, 0] == 2 and sample["target.png"][10, 0] == 1 and sample["target.png"][20, 0] == 0
+    assert sample["superpixels.png"].dtype == np.uint16 and sample["superpixels.png"].max() == 20
+    (tmp_path / "parts_test.txt").write_text("Ann_Bee 2\n")
+    with pytest.raises(readers.ReaderError, match="Ann_Bee_0002.jpg"):
+        list(readers.read_lfw_parts(tmp_path, get_dataset("lfw_parts"))["test"])
+
+
+def test_sevenscenes_and_celeba_readers(tmp_path):
+    from pipelines.datasets import get_dataset, readers
+
+    for scene in ("chess", "fire"):
+        depth = np.full((6, 8), 1500, np.uint16)
+        depth[0, 0] = 65535
+        _save(tmp_path / "7s" / scene / "seq-01" / "frame-000000.depth.png", depth)
+    splits = readers.read_sevenscenes(tmp_path / "7s", get_dataset("sevenscenes"))
+    (train,), (test,) = list(splits["train"]), list(splits["test"])
+    assert train["__key__"] == "chess_seq-01_frame-000000" and test["__key__"].startswith("fire_")
+    assert train["target.npy"].dtype == np.float32 and train["target.npy"][1, 1] == pytest.approx(1.5)
+    assert train["mask.png"][0, 0] == 0 and train["target.npy"][0, 0] == 0
+    for i in (1, 2):
+        _save(tmp_path / "celeba" / "img_align_celeba" / f"{i:06d}.jpg", np.zeros((218, 178, 3), np.uint8))
+    (tmp_path / "celeba" / "list_eval_partition.txt").write_text("000001.jpg 0\n000002.jpg 2\n000003.jpg 2\n")
+    splits = readers.read_celeba(tmp_path / "celeba", get_dataset("celeba"))
+    assert [s["__key__"] for s in splits["train"]] == ["000001"]
+    with pytest.raises(readers.ReaderError, match="000003.jpg: listed in list_eval_partition.txt but missing"):
+        list(splits["test"])
