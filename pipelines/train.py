@@ -326,6 +326,12 @@ def _sample_grids_for(exp, experiment: dict, task, data_dir: str, model_path: Pa
                          num_workers=0, seed=0, epoch=0, patch=data["patch"], pad_multiple=data["pad_multiple"],
                          **({"size": data["size"]} if data.get("size") else {}), **(data.get("options") or {}))
     batch = next(iter(loader))
+    # A model trained on patches has a fixed y/x shape: show the top-left crop of the evaluation images.
+    cfg = getattr(model, "config", {}) or {}
+    for key, shape_key in (("y", "y_shape"), ("x", "x_shape")):
+        if cfg.get(shape_key):
+            h, w = cfg[shape_key][-2:]
+            batch[key] = batch[key][..., :h, :w]
     return sample_grids(model, batch, task.target, exp.sweep.temperatures, out_dir,
                         experiment["model"].get("num_classes"))
 
