@@ -31,10 +31,16 @@ def _photos() -> list[tuple[str, np.ndarray]]:
     return out
 
 
+_ZOOMED: dict[tuple[int, float], np.ndarray] = {}
+
+
 def _crop(image: np.ndarray, size: int, rng: np.random.Generator, zoom: float) -> np.ndarray:
     """A random ``size`` x ``size`` crop of the image downscaled by ``zoom`` (MATLAB bicubic)."""
     zoom = max(zoom, size / min(image.shape[:2]))
-    small = tasks.imresize(image, zoom) if zoom != 1 else image
+    cache_key = (id(image), zoom)  # photos are loaded once per build and kept alive by the caller
+    if cache_key not in _ZOOMED:
+        _ZOOMED[cache_key] = tasks.imresize(image, zoom) if zoom != 1 else image
+    small = _ZOOMED[cache_key]
     h, w = small.shape[:2]
     top, left = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
     return np.ascontiguousarray(small[top: top + size, left: left + size])
@@ -301,7 +307,9 @@ DEMOS: dict[str, Callable[[], dict]] = {
 
 def build(name: str) -> dict[str, list[dict]]:
     """The demo set ``name`` as {split: [sample]} (samples in shard format, see pipelines/shards.py)."""
+    if name not in DEMOS:
+        raise KeyError(f"no demo set for {name!r}; demo sets: {sorted(DEMOS)}")
     try:
         return DEMOS[name]()
-    except KeyError:
-        raise KeyError(f"no demo set for {name!r}; demo sets: {sorted(DEMOS)}") from None
+    finally:
+        _ZOOMED.clear()  # ids are only meaningful while that build's photos are alive
