@@ -233,3 +233,21 @@ def iter_bytes(uri: str, chunk: int = 1 << 20) -> Iterator[bytes]:
 def read_stream(uri: str) -> io.BytesIO:
     """The whole object in memory (for random access, e.g. a tar read by members)."""
     return io.BytesIO(get_bytes(uri))
+
+
+def register_webdataset_s3() -> None:
+    """Let ``webdataset`` open ``s3://`` shard URLs through boto3 (its default handlers shell out to tools).
+
+    ``wds.WebDataset(["s3://bucket/prefix/train-000000.tar", ...])`` then streams with the same credentials,
+    endpoint and retries as the rest of the project. Reading only.
+    """
+    import importlib
+
+    gopen = importlib.import_module("webdataset.gopen")  # the package re-exports a function of that name
+
+    def gopen_s3(url, mode="rb", bufsize=8192, **_):
+        if "r" not in mode:
+            raise ValueError(f"{url}: the boto3 s3:// opener only reads")
+        return open_read(url)
+
+    gopen.gopen_schemes["s3"] = gopen_s3

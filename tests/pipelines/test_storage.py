@@ -55,3 +55,16 @@ def test_s3_errors_name_the_uri(s3_server):
         storage.get_bytes("s3://no-such-bucket-xyz/key")
     with pytest.raises(storage.StorageError, match="bucket"):
         storage.split_s3("s3:///nobucket")
+
+
+def test_webdataset_reads_s3_shards_through_boto3(s3_bucket):
+    import webdataset as wds
+
+    from pipelines import fetch
+
+    dest = f"s3://{s3_bucket}/drive"
+    fetch.fetch("drive", "demo", dest)
+    storage.register_webdataset_s3()
+    urls = [storage.join(dest, "train-000000.tar")]
+    keys = [s["__key__"] for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
+    assert keys == ["21", "22", "23", "24"]
