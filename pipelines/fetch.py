@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import os
 import shutil
+import signal
 import sys
 import tarfile
 import tempfile
@@ -41,7 +42,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="skip the checksum check of known archives (for re-packed copies)")
 
 
+def _terminate(signum, frame):
+    # SIGTERM (DVC, Ray, a CI timeout) becomes an exception so the writer removes what it wrote.
+    raise SystemExit(128 + signum)
+
+
 def run(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         manifest = fetch(args.dataset, args.source, args.out, shard_size=args.shard_size,
                          verify=not args.no_verify)

@@ -38,6 +38,7 @@ MANIFEST = "manifest.json"
 FORMAT = "cnf-shards/1"
 DEFAULT_SHARD_SIZE = 1000
 SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{6})\.tar$")
+TEMP_RE = re.compile(r"^\.[A-Za-z0-9_]+-\d{6}\.tar\.tmp-\d+$")
 KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 #: Members written for each sample, in this order (extra members follow, sorted).
 MEMBER_ORDER = ("input.png", "target.png", "target.npy", "mask.png", "target2.png", "meta.json")
@@ -234,7 +235,8 @@ def remove_dataset(dest: str) -> None:
     manifest_uri = storage.join(dest, MANIFEST)
     storage.delete(manifest_uri)
     for name in storage.listdir(dest):
-        if SHARD_RE.match(name):
+        # Also the hidden temporaries a killed (SIGKILL) writer could not clean up.
+        if SHARD_RE.match(name) or TEMP_RE.match(name):
             storage.delete(storage.join(dest, name))
 
 

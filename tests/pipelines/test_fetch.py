@@ -208,3 +208,39 @@ def test_sevenscenes_and_celeba_readers(tmp_path):
     assert [s["__key__"] for s in splits["train"]] == ["000001"]
     with pytest.raises(readers.ReaderError, match="000003.jpg: listed in list_eval_partition.txt but missing"):
         list(splits["test"])
+
+
+def test_interrupted_fetch_leaves_nothing(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    source = shared_archive("DRIVE.zip")
+    out = tmp_path / "drive"
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "fetch", "drive", "--source", str(source),
+                             "--out", str(out), "--shard-size", "4"], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out.exists() and any(out.iterdir())):
+        time.sleep(0.05)  # wait until shards are being written
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    assert proc.returncode != 0
+    assert list(out.iterdir()) == []
+
+
+def test_https_source(tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(shared_archive("Set5.zip").parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/Set5.zip"
+        manifest = fetch.fetch("set5", url, str(tmp_path / "set5"))
+    finally:
+        server.shutdown()
+    assert manifest["splits"]["test"]["count"] == 5 and manifest["source"] == url
