@@ -12,7 +12,7 @@ import numpy as np
 
 from pipelines import tasks
 
-DEMO_VERSION = "demo/1"
+DEMO_VERSION = "demo/2"  # bump whenever a demo set changes, so existing demo shards are rebuilt
 
 
 # ----------------------------------------------------------------------------------------- image sources
@@ -42,8 +42,12 @@ def _crop(image: np.ndarray, size: int, rng: np.random.Generator, zoom: float) -
         _ZOOMED[cache_key] = tasks.imresize(image, zoom) if zoom != 1 else image
     small = _ZOOMED[cache_key]
     h, w = small.shape[:2]
-    top, left = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
-    return np.ascontiguousarray(small[top: top + size, left: left + size])
+    for _ in range(20):  # skip flat crops (black borders of retina/hubble): they teach nothing
+        top, left = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+        crop = small[top: top + size, left: left + size]
+        if crop.std() >= 20:
+            break
+    return np.ascontiguousarray(crop)
 
 
 def _sr_sample(key: str, hr: np.ndarray, scale: int, source: str) -> dict:
@@ -250,7 +254,9 @@ def sevenscenes() -> dict:
     _, _, disparity = data.stereo_motorcycle()
     disparity = np.asarray(disparity, np.float64)
     valid_full = np.isfinite(disparity) & (disparity > 0)
-    depth_full = np.where(valid_full, 200.0 / np.where(valid_full, disparity, 1.0), 0.0)  # focal*baseline
+    # depth = f B / disparity with f B set so the median depth is 2 m, inside 7-Scenes' 0.5-4 m Kinect range.
+    focal_baseline = 2.0 * np.median(disparity[valid_full])
+    depth_full = np.where(valid_full, focal_baseline / np.where(valid_full, disparity, 1.0), 0.0)
     depth_full = np.where(valid_full, np.clip(depth_full, 0.5, 4.0), 0.0)
     size = 64
     splits: dict[str, list] = {"train": [], "test": []}
@@ -274,7 +280,7 @@ def celeba() -> dict:
     from skimage import data
 
     rng = np.random.default_rng(2015)
-    faces = np.asarray(data.lfw_subset())[100:]
+    faces = np.asarray(data.lfw_subset())[20:100]  # the first 100 are faces (the rest are not); lfw_parts uses 0..19
     splits: dict[str, list] = {"train": [], "valid": [], "test": []}
     index = 0
     for split, count in (("train", 12), ("valid", 2), ("test", 4)):
