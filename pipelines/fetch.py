@@ -135,6 +135,10 @@ def _source_sha256(path: Path, spec, verify: bool) -> str:
     return tree.hexdigest()
 
 
+def _link(src: str, dst: str) -> None:
+    os.symlink(os.path.realpath(src), dst)
+
+
 def _unpack(path: Path, dst: Path) -> Path:
     """Extract an archive into ``dst`` (refusing members that escape it); a folder is returned as is."""
     if path.is_dir():
@@ -144,7 +148,10 @@ def _unpack(path: Path, dst: Path) -> Path:
         # A folder of archives (e.g. LFW's .tgz files): link its entries into dst and unpack beside them.
         dst.mkdir(parents=True, exist_ok=True)
         for entry in path.iterdir():
-            (dst / entry.name).symlink_to(entry.resolve())
+            if entry.is_dir():  # real folders of linked files: rglob does not descend into linked folders
+                shutil.copytree(entry, dst / entry.name, symlinks=False, copy_function=_link)
+            else:
+                (dst / entry.name).symlink_to(entry.resolve())
         for archive in archives:
             _unpack(archive, dst / archive.relative_to(path).parent / archive.name.split(".")[0])
         return dst

@@ -244,3 +244,21 @@ def test_https_source(tmp_path):
     finally:
         server.shutdown()
     assert manifest["splits"]["test"]["count"] == 5 and manifest["source"] == url
+
+
+def test_folder_holding_an_archive_and_a_folder(tmp_path):
+    # Releases split over several downloads (LFW, ImageNet) arrive as a folder of archives and loose files.
+    folder = tmp_path / "release"
+    (folder / "more" / "deeper").mkdir(parents=True)
+    with zipfile.ZipFile(shared_archive("Set5.zip")) as src, zipfile.ZipFile(folder / "part1.zip", "w") as dst:
+        for name in src.namelist():
+            if name.endswith(("baby.png", "bird.png", "head.png")):
+                dst.writestr(name, src.read(name))
+        for name in src.namelist():
+            if name.endswith(("butterfly.png", "woman.png")):
+                (folder / "more" / "deeper" / Path(name).name).write_bytes(src.read(name))
+    manifest = fetch.fetch("set5", str(folder), str(tmp_path / "out"))
+    keys = sorted(s["__key__"] for s in shards.iter_samples(str(tmp_path / "out"), "test"))
+    assert keys == ["baby", "bird", "butterfly", "head", "woman"] and manifest["splits"]["test"]["count"] == 5
+    assert sorted(p.name for p in folder.rglob("*")) == sorted(
+        ["more", "deeper", "part1.zip", "butterfly.png", "woman.png"])  # the source folder is untouched
