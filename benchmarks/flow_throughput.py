@@ -1,6 +1,6 @@
 """Train-step and sampling throughput (images/s) and peak memory of our flows against `normflows` on CPU.
 
-What is compared (same depth, width, batch, float32, Adam, one process per measurement):
+What is compared (same depth, width, batch, float32, Adam; timings interleaved round-robin in one process):
 - ``ours``: ``build_flow("cnf", ...)`` as configured for the paper task (RRDB or VGG encoder, conditional
   couplings on ``[z_1, h]``, conditional split priors and prior).
 - ``ours-noenc``: the same flow with ``encoder="none"`` (``h = x`` resampled): what the peer can express.
@@ -10,8 +10,9 @@ What is compared (same depth, width, batch, float32, Adam, one process per measu
   and width (normflows has no image-conditional coupling). Its DRIVE coupling net has no InstanceNorm.
 The ratio column is ours-noenc / normflows (>1 means we are faster), the like-for-like comparison.
 
-Peak memory is the rise of the process's max RSS (``resource.getrusage``) over the measurement, measured in a
-fresh subprocess per model so earlier runs do not mask it; tracemalloc cannot see PyTorch's C++ allocations.
+Peak memory is the rise of peak RSS (``VmHWM``, reset via ``/proc/self/clear_refs`` after imports; falls back to
+``resource.getrusage`` max RSS) over building the model, 3 train steps and one sampling pass, in a fresh
+subprocess per model; tracemalloc cannot see PyTorch's C++ allocations.
 
 Run: ``python benchmarks/flow_throughput.py [--steps 6] [--json out.json]``.
 """
@@ -39,9 +40,32 @@ CONFIGS = {
 IMPLS = ("ours", "ours-noenc", "normflows")
 
 
-def _maxrss_mb() -> float:
-    # Linux reports KiB.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _reset_peak() -> None:
+    """Reset the kernel's peak-RSS mark (Linux >= 4.0), so import-time spikes do not hide the run's peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return _peak_mb()
 
 
 def build(impl: str, cfg: dict):
@@ -71,9 +95,8 @@ def build(impl: str, cfg: dict):
     return model, (lambda y, x: model.forward_kld(y)), (lambda x: model.sample(x.shape[0])[0])
 
 
-def measure(impl: str, config: str, steps: int, threads: int) -> dict:
+def _setup(impl: str, config: str):
     import torch
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = CONFIGS[config]
     model, loss_fn, sample_fn = build(impl, cfg)
@@ -81,33 +104,52 @@ def measure(impl: str, config: str, steps: int, threads: int) -> dict:
     y = torch.rand(b, *cfg["y_shape"]) + torch.rand(b, *cfg["y_shape"]) / 256  # dequantized-image-like
     x = torch.rand(b, *cfg["x_shape"])
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    rss0 = _maxrss_mb()
 
     def train_step():
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(y, x)
-        loss.backward()
+        loss_fn(y, x).backward()
         opt.step()
-        return loss.item()
+
+    def sample():
+        with torch.no_grad():
+            sample_fn(x)
 
     train_step()  # warm-up (ActNorm data-dependent init, allocator)
-    times = []
-    for i in range(steps):
-        t0 = time.perf_counter()
+    sample()
+    return model, train_step, sample, b
+
+
+def measure_memory(impl: str, config: str, steps: int, threads: int) -> dict:
+    """In a fresh process: max-RSS rise over building, ``steps`` train steps and sampling."""
+    import torch
+    torch.set_num_threads(threads)
+    import normflows  # noqa: F401  (imports of both sides before the baseline)
+    import flowlib.flows  # noqa: F401
+    _reset_peak()
+    rss0 = _rss_mb()
+    model, train_step, sample, b = _setup(impl, config)
+    for _ in range(steps):
         train_step()
-        times.append(time.perf_counter() - t0)
-    model.eval()
-    with torch.no_grad():
-        sample_fn(x)
-        stimes = []
-        for _ in range(max(2, steps // 2)):
-            t0 = time.perf_counter()
-            sample_fn(x)
-            stimes.append(time.perf_counter() - t0)
-    return {"impl": impl, "config": config, "batch": b,
-            "params": sum(p.numel() for p in model.parameters()),
-            "train_img_s": b / statistics.median(times), "sample_img_s": b / statistics.median(stimes),
-            "peak_rss_mb": _maxrss_mb() - rss0}
+    sample()
+    return {"params": sum(p.numel() for p in model.parameters()), "peak_rss_mb": _peak_mb() - rss0}
+
+
+def measure_speed(config: str, steps: int, threads: int) -> dict:
+    """Every implementation in one process, timed round-robin, so load from other processes hits all alike."""
+    import torch
+    torch.set_num_threads(threads)
+    runs = {impl: _setup(impl, config) for impl in IMPLS}
+    times = {impl: {"train": [], "sample": []} for impl in IMPLS}
+    for i in range(steps):
+        for impl, (_, train_step, sample, b) in runs.items():
+            for kind, fn in (("train", train_step), ("sample", sample)):
+                t0 = time.perf_counter()
+                fn()
+                times[impl][kind].append(time.perf_counter() - t0)
+        print(f"  {config}: round {i + 1}/{steps}", file=sys.stderr, flush=True)
+    return {impl: {"batch": runs[impl][3],
+                   "train_img_s": runs[impl][3] / statistics.median(times[impl]["train"]),
+                   "sample_img_s": runs[impl][3] / statistics.median(times[impl]["sample"])} for impl in IMPLS}
 
 
 def main(argv=None) -> int:
@@ -119,23 +161,25 @@ def main(argv=None) -> int:
     p.add_argument("--one", nargs=2, metavar=("IMPL", "CONFIG"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
-        print(json.dumps(measure(args.one[0], args.one[1], args.steps, args.threads)))
+        print(json.dumps(measure_memory(args.one[0], args.one[1], 3, args.threads)))
         return 0
 
     rows = []
-    jobs = [(c, i) for c in args.configs for i in IMPLS]
     t_start = time.monotonic()
-    for n, (config, impl) in enumerate(jobs, 1):
-        out = subprocess.run([sys.executable, __file__, "--one", impl, config, "--steps", str(args.steps),
-                              "--threads", str(args.threads)], capture_output=True, text=True,
-                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
-        if out.returncode:
-            print(out.stderr, file=sys.stderr)
-            raise SystemExit(f"benchmark {impl}/{config} failed (exit {out.returncode})")
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    for config in args.configs:
+        speed = measure_speed(config, args.steps, args.threads)
+        for impl in IMPLS:
+            out = subprocess.run([sys.executable, __file__, "--one", impl, config, "--threads", str(args.threads)],
+                                 capture_output=True, text=True,
+                                 env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+            if out.returncode:
+                print(out.stderr, file=sys.stderr)
+                raise SystemExit(f"memory benchmark {impl}/{config} failed (exit {out.returncode})")
+            rows.append({"config": config, "impl": impl, **speed[impl], **json.loads(out.stdout.splitlines()[-1])})
+        done = args.configs.index(config) + 1
         elapsed = time.monotonic() - t_start
-        print(f"[{n}/{len(jobs)}] {config:6s} {impl:11s} done; {elapsed:.0f}s elapsed, "
-              f"ETA {elapsed / n * (len(jobs) - n):.0f}s", file=sys.stderr, flush=True)
+        print(f"[{done}/{len(args.configs)}] {config} done; {elapsed:.0f}s elapsed, "
+              f"ETA {elapsed / done * (len(args.configs) - done):.0f}s", file=sys.stderr, flush=True)
 
     print(f"{'config':7s} {'impl':11s} {'params':>9s} {'train img/s':>12s} {'sample img/s':>13s} {'peak MB':>8s}")
     for r in rows:
