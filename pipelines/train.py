@@ -123,16 +123,25 @@ def _init_ray(num_cpus_needed: float, num_cpus: int | None, use_gpu: bool):
     # Workers must not chdir into the trial folder: every path we hand them is absolute anyway, but user
     # code that opens a relative path (e.g. params) would silently break.
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    # The Train controller polls the workers this often (Ray's default: 2 s; the trainer forwards the variable
+    # to the controller). Every checkpoint waits for that poll to commit it (pipelines.worker), and the end of
+    # a fit is only seen on a poll, so a shorter interval shortens both; polling two actors is cheap.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     import ray
 
     if ray.is_initialized():
         return ray
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)  # joins the cluster named by $RAY_ADDRESS (auth from the environment)
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    if address:
+        # Joins the cluster named by $RAY_ADDRESS ("auto", "host:port" or "ray://..."; auth from the environment).
+        # The driver only disconnects when it exits: the cluster stays up for the next stage.
+        ray.init(address=address, log_to_driver=True, configure_logging=False)
     else:
+        # address="local" forces a private instance: a bare ray.init() silently joins any cluster that a
+        # `ray start` on this machine left behind (another user's, with other resources and lifetime).
         cpus = num_cpus or max(int(num_cpus_needed + 0.999), os.cpu_count() or 1)
-        ray.init(num_cpus=cpus, num_gpus=None if use_gpu else 0, include_dashboard=False, log_to_driver=True,
-                 configure_logging=False)
+        ray.init(address="local", num_cpus=cpus, num_gpus=None if use_gpu else 0, include_dashboard=False,
+                 log_to_driver=True, configure_logging=False)
     return ray
 
 

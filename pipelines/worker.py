@@ -132,6 +132,24 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _wait_until_committed() -> None:
+    """Block until the Ray Train controller has registered this rank's latest ``ray.train.report``.
+
+    In Train V2 a report only reaches the worker's one-slot result queue; the controller drains the queues when
+    it polls (every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``, 2 s by default) and registers a checkpoint once it
+    holds the report of *every* rank. A rank that dies before that poll takes its queued report with it, the
+    checkpoint that rank 0 already persisted is never registered, and ``FailureConfig`` restarts the group from
+    the checkpoint before (or from scratch). Waiting here turns the report into a commit; it costs at most one
+    poll interval per checkpoint.
+    """
+    import ray.train
+
+    wait = getattr(ray.train, "get_all_reported_checkpoints", None)
+    if wait is None:  # Train V1 (RAY_TRAIN_V2_ENABLED=0): reports are handled synchronously by the session
+        return
+    wait(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
+
+
 def train_loop_per_worker(config: dict) -> dict:
     """Ray Train entry point: one rank of the data-parallel fit of ``config["experiment"]``."""
     import ray.train
@@ -203,7 +221,11 @@ def train_loop_per_worker(config: dict) -> dict:
     marker = Path(config["state_dir"]) / "fail_at_step.done" if config.get("state_dir") else None
 
     def report(step: int, final: bool) -> None:
-        """Barrier: every rank reports; rank 0 attaches the checkpoint (model, optimizer, step, RNG, counters)."""
+        """Barrier: every rank reports; rank 0 attaches the checkpoint (model, optimizer, step, RNG, counters).
+
+        A non-final report then waits until the controller has committed it (see ``_wait_until_committed``), so
+        a crash anywhere after this call resumes from ``step``: at most one checkpoint interval is lost.
+        """
         elapsed = time.perf_counter() - (t_first or time.perf_counter())
         metrics = {"step": step, "epoch": epoch, "resumed_from_step": start_step,
                    "train_nll": last.loss if last else float("nan"), "train_bpd": last.bpd if last else float("nan"),
@@ -212,6 +234,8 @@ def train_loop_per_worker(config: dict) -> dict:
                    "first_step_unix": first_step_unix or 0.0, "final": final}
         if rank != 0:
             ray.train.report(metrics)
+            if not final:
+                _wait_until_committed()
             return
         with tempfile.TemporaryDirectory() as tmp:
             bare = model
@@ -220,6 +244,11 @@ def train_loop_per_worker(config: dict) -> dict:
                                 "epoch": epoch, "rng": rng_state(), "nonfinite_total": nonfinite_total,
                                 "world_size": world_size}, Path(tmp) / STATE_FILE)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        if not final:
+            t_commit = time.perf_counter()
+            _wait_until_committed()
+            print(f"[{exp['name']}] checkpoint at step {step} committed "
+                  f"({time.perf_counter() - t_commit:.2f} s)", flush=True)
 
     step = start_step
     batch = first
