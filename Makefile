@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 # The CPU wheel of torch; on a GPU machine install the CUDA build first (see README) and it stays in place.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup repro test bench clean-runs
+.PHONY: setup repro test bench
 
 setup: $(VENV)/.installed
 
@@ -15,12 +15,26 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e ".[dev]"
 	touch $@
 
+# One local Ray instance serves every training stage (Ray's start-up dominates short runs); an existing
+# cluster is used as is when RAY_ADDRESS is set.
 repro: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	@set -e; export PATH="$(CURDIR)/$(BIN):$$PATH"; \
+	if [ -z "$$RAY_ADDRESS" ]; then \
+	  export RAY_AUTH_MODE=disabled; \
+	  port=$$(python -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"); \
+	  ray start --head --node-ip-address 127.0.0.1 --port $$port --num-cpus $$(nproc) \
+	    --include-dashboard=false --disable-usage-stats > .ray-head.log 2>&1 \
+	    || { cat .ray-head.log; exit 1; }; \
+	  trap 'ray stop --force > /dev/null 2>&1 || true' EXIT; \
+	  export RAY_ADDRESS=127.0.0.1:$$port; \
+	fi; \
+	dvc repro
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
 bench: setup
 	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e ".[bench]"
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/run_all.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/flow_throughput.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/loader_throughput.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/train_throughput.py
