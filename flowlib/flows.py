@@ -59,6 +59,10 @@ def build_flow(kind: str, y_shape: Sequence[int], x_shape: Sequence[int], levels
 
     Both use conditional split priors and a conditional final prior. ``y_shape``/``x_shape`` are ``(C, H, W)``;
     ``H`` and ``W`` of ``y`` must be divisible by ``2**levels``. Unknown options raise ``ValueError``.
+    A ``"cnf"`` flow is fully convolutional: it runs at any ``y`` size divisible by ``2**levels`` (``sample``
+    infers ``y``'s size from ``x`` by the build-time ratio of the shapes), and its ``state_dict`` does not
+    depend on the build size. A ``"cglow"`` flow's conditioning networks are fully connected, so it runs at
+    its build size only.
     The returned model's ``config`` rebuilds it: ``build_flow(**model.config)``.
     """
     if kind not in KINDS:

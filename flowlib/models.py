@@ -136,8 +136,21 @@ class FlowModel(StructuredModel):
             return F.one_hot(y[:, 0].long(), self.num_classes).permute(0, 3, 1, 2).to(y.dtype)
         return y
 
+    def check_size(self, y: Tensor) -> None:
+        """Raise ``ValueError`` naming ``y``'s shape unless the flow runs at that size.
+
+        CNF: height and width multiples of ``2**levels``; c-Glow: its trained size.
+        """
+        if y.dim() != 4:
+            raise ValueError(f"{type(self).__name__}: y must be (B, C, H, W), got shape {tuple(y.shape)}")
+        self.flow.check_size(y.shape[-2:], f"y of shape {tuple(y.shape)}")
+
     def log_likelihood(self, y: Tensor, x: Tensor) -> Tensor:
-        """Continuous ``y``: ``log p(y|x)``. Discrete: a one-sample estimate of the dequantization bound."""
+        """Continuous ``y``: ``log p(y|x)``. Discrete: a one-sample estimate of the dequantization bound.
+
+        Convolutional flows take any ``y`` whose height and width are multiples of ``2**levels``.
+        """
+        self.check_size(y)
         if self.dequantizer is None:
             return self.flow.log_prob(y, x)
         v, log_q = self.dequantizer.dequantize(self._flow_target(y), x)
@@ -148,7 +161,10 @@ class FlowModel(StructuredModel):
         return -self.log_likelihood(y, x)
 
     def sample(self, x: Tensor, temperature: float = 1.0) -> Tensor:
-        """``y ~ p(y|x)`` in data space: quantized (8-bit, binary), argmax of the one-hot channels (categorical)."""
+        """``y ~ p(y|x)`` in data space: quantized (8-bit, binary), argmax of the one-hot channels (categorical).
+
+        ``y``'s grid is ``x``'s times the build-time ratio ``y/x``; it must be a multiple of ``2**levels``.
+        """
         v = self.flow.sample(x, temperature)
         if self.dequantizer is None:
             return v

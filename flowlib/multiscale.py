@@ -43,8 +43,12 @@ class ConditionalFlow(nn.Module):
     CNF) or ``x`` brought to ``y``'s size and squeezed ``l + 1`` times (``"squeeze"``, c-Glow: lossless, so the
     conditioning networks see all of ``x``).
 
+    Every layer of a CNF is convolutional, so it runs at any ``y`` size divisible by ``2**L``: level sizes come
+    from the actual ``y`` (``sample``: from ``x`` times the build-time ratio ``y/x``). c-Glow's conditioning
+    networks end in fully connected layers, so it runs only at its build-time ``y`` size.
+
     Args:
-        y_shape, x_shape: ``(C, H, W)`` of ``y`` and ``x``.
+        y_shape, x_shape: build-time ``(C, H, W)`` of ``y`` and ``x`` (c-Glow's size; the CNF's ``y/x`` ratio).
         encoder: ``g``, returning a tensor or a list with one tensor per level (``None``: ``h = x``).
         levels: one bijection per level, input ``(B, C_l, H_l, W_l)`` before its squeeze.
         split_priors: ``L - 1`` priors of the factored-out halves, ``cond = [z_keep, h_l]``.
@@ -67,23 +71,76 @@ class ConditionalFlow(nn.Module):
         self.split_priors = nn.ModuleList(split_priors)
         self.prior = prior
         self.cond_mode = cond_mode
-        _, hy, wy = self.y_shape
-        self.level_sizes = [(hy >> (l + 1), wy >> (l + 1)) for l in range(len(levels))]
+        # Build-time level sizes; convolutional flows recompute them from each call's y (see `sizes_of`).
+        self.level_sizes = self.sizes_of(self.y_shape[1:])
         self.config: dict = {}
 
+    # ---------------------------------------------------------------------------------------------- geometry
+    @property
+    def multiple(self) -> int:
+        """``2**L``: every level squeezes once, so ``y``'s height and width must be multiples of this."""
+        return 2 ** len(self.levels)
+
+    @property
+    def fixed_size(self) -> bool:
+        """c-Glow's conditioning networks end in fully connected layers, so it only runs at its built size."""
+        return self.cond_mode == "squeeze"
+
+    def sizes_of(self, size: Sequence[int]) -> list[tuple[int, int]]:
+        """``[(H_l, W_l)]``: the spatial size after level ``l``'s squeeze for a ``y`` of spatial ``size``."""
+        hy, wy = (int(s) for s in size)
+        return [(hy >> (l + 1), wy >> (l + 1)) for l in range(len(self.levels))]
+
+    def check_size(self, size: Sequence[int], what: Optional[str] = None) -> tuple[int, int]:
+        """Validate ``y``'s spatial ``size`` (``(H, W)``): a multiple of ``2**L``, and c-Glow's built size.
+
+        ``what`` names the offending tensor in the error (default ``"y of spatial size HxW"``).
+        """
+        size = tuple(int(s) for s in size)
+        what = what or f"y of spatial size {size[0]}x{size[1]}"
+        built = self.y_shape[1:]
+        if self.fixed_size and size != built:
+            raise ValueError(f"c-Glow models evaluate at their trained size {built[0]}x{built[1]}; got {what} "
+                             "(resize the input to the trained size first)")
+        m = self.multiple
+        if size[0] % m or size[1] % m:
+            raise ValueError(f"{what}: height and width must be multiples of 2**levels = {m} (pad the input)")
+        return size
+
+    def y_size_of(self, x: Tensor) -> tuple[int, int]:
+        """``y``'s spatial size for conditioning ``x``: ``x``'s size times the build-time ratio ``y/x``.
+
+        SR (``y`` 2x ``x``): 2x; DRIVE and depth (same grid): 1x. The ratio must map ``x`` to whole pixels.
+        """
+        (_, hy, wy), (_, hx, wx) = self.y_shape, self.x_shape
+        h, w = x.shape[-2:]
+        if self.fixed_size and (h, w) != (hx, wx):
+            raise ValueError(f"c-Glow models evaluate at their trained size {hy}x{wy} (x: {hx}x{wx}); got x of "
+                             f"shape {tuple(x.shape)} (resize the input to the trained size first)")
+        if (h * hy) % hx or (w * wy) % wx:
+            raise ValueError(f"x of shape {tuple(x.shape)}: its size times the model's y/x ratio "
+                             f"({hy}/{hx}, {wy}/{wx}) is not a whole number of pixels")
+        size = ((h * hy) // hx, (w * wy) // wx)
+        return self.check_size(size, f"y of size {size[0]}x{size[1]} (inferred from x of shape {tuple(x.shape)})")
+
     # ----------------------------------------------------------------------------------------------- features
-    def conditions(self, x: Tensor) -> list[Tensor]:
-        """``[h_0, ..., h_{L-1}]``: the conditioning each level sees, at that level's resolution."""
+    def conditions(self, x: Tensor, size: Optional[Sequence[int]] = None) -> list[Tensor]:
+        """``[h_0, ..., h_{L-1}]``: the conditioning each level sees, at that level's resolution.
+
+        ``size`` is ``y``'s spatial ``(H, W)`` (default: inferred from ``x`` by the build-time ratio).
+        """
+        size = self.y_size_of(x) if size is None else self.check_size(size)
+        level_sizes = self.sizes_of(size)
         if self.cond_mode == "squeeze":
-            h = resample(x, self.y_shape[1:])
+            h = resample(x, size)
             out = []
-            for _ in self.level_sizes:
+            for _ in level_sizes:
                 h = squeeze2d(h)
                 out.append(h)
             return out
         h = x if self.encoder is None else self.encoder(x)
         feats = h if isinstance(h, (list, tuple)) else [h]
-        return [resample(feats[min(l, len(feats) - 1)], size) for l, size in enumerate(self.level_sizes)]
+        return [resample(feats[min(l, len(feats) - 1)], s) for l, s in enumerate(level_sizes)]
 
     # ------------------------------------------------------------------------------------------ directions
     def _encode(self, y: Tensor, conds: list[Tensor]) -> tuple[list[Tensor], Tensor, Tensor]:
@@ -109,8 +166,8 @@ class ConditionalFlow(nn.Module):
         return z
 
     def log_prob(self, y: Tensor, x: Tensor) -> Tensor:
-        """``log p(y|x)`` in nats, shape ``(B,)``."""
-        conds = self.conditions(x)
+        """``log p(y|x)`` in nats, shape ``(B,)``; any ``y`` size divisible by ``2**L`` (c-Glow: the built size)."""
+        conds = self.conditions(x, y.shape[-2:])
         latents, logdet, log_split = self._encode(y, conds)
         return logdet + log_split + self.prior.log_prob(latents[-1], conds[-1])
 
@@ -120,14 +177,18 @@ class ConditionalFlow(nn.Module):
 
     def encode(self, y: Tensor, x: Tensor) -> list[Tensor]:
         """Latents, one per level (factored-out halves), the final prior's last."""
-        return self._encode(y, self.conditions(x))[0]
+        return self._encode(y, self.conditions(x, y.shape[-2:]))[0]
 
     def decode(self, latents: Sequence[Tensor], x: Tensor) -> Tensor:
-        """Exact inverse of :meth:`encode`."""
-        return self._decode(latents, self.conditions(x))
+        """Exact inverse of :meth:`encode`; ``y``'s size is that of the last latent times ``2**L``."""
+        m, top = self.multiple, latents[-1]
+        return self._decode(latents, self.conditions(x, (top.shape[-2] * m, top.shape[-1] * m)))
 
     def sample(self, x: Tensor, temperature: float = 1.0) -> Tensor:
-        """Draw ``y ~ p(y|x)`` with every prior std scaled by ``temperature`` (0: decode the means)."""
+        """Draw ``y ~ p(y|x)`` with every prior std scaled by ``temperature`` (0: decode the means).
+
+        ``y``'s size is ``x``'s times the build-time ratio ``y/x`` (e.g. 2x for x2 SR, 1x for DRIVE).
+        """
         conds = self.conditions(x)
         z = self.prior.sample(conds[-1], temperature)
         for l in reversed(range(len(self.levels))):

@@ -140,3 +140,67 @@ def test_build_flow_rejects_bad_arguments():
         build_flow("cnf", (1, 6, 6), (1, 6, 6), levels=2)
     with pytest.raises(ValueError, match="kind"):
         build_flow("realnvp", (1, 4, 4), (1, 4, 4))
+
+
+# Built on 16x16 patches, evaluated on other sizes: SR (y = 2x x, RRDB) and DRIVE-like (same grid, VGG).
+SIZE_CASES = {
+    "sr": (dict(coupling="affine"), 3, 3, 2),
+    "drive": (dict(encoder="vgg", coupling="additive", subnet="drive", encoder_width=4), 1, 3, 1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SIZE_CASES))
+@pytest.mark.parametrize("eval_size", [(24, 24), (16, 40)])
+def test_cnf_runs_at_any_size_and_matches_a_flow_built_there(case, eval_size):
+    options, cy, cx, ratio = SIZE_CASES[case]
+    flow = perturbed_flow("cnf", (cy, 16, 16), (cx, 16 // ratio, 16 // ratio), levels=3, scale=0.05, **options)
+    (h, w), gen = eval_size, torch.Generator().manual_seed(7)
+    y = torch.randn(2, cy, h, w, dtype=torch.float64, generator=gen)
+    x = torch.rand(2, cx, h // ratio, w // ratio, dtype=torch.float64, generator=gen)
+    with torch.no_grad():
+        latents = flow.encode(y, x)
+        assert [tuple(z.shape[-2:]) for z in latents] == [(h // 2, w // 2), (h // 4, w // 4), (h // 8, w // 8)]
+        assert sum(z[0].numel() for z in latents) == y[0].numel()
+        torch.testing.assert_close(flow.decode(latents, x), y, rtol=1e-9, atol=1e-9)
+        log_p = flow.log_prob(y, x)
+        cold = flow.sample(x, temperature=0.0)
+        warm = flow.sample(x, temperature=1.0)
+    assert log_p.shape == (2,) and torch.isfinite(log_p).all()
+    assert cold.shape == warm.shape == (2, cy, h, w)
+    assert not torch.allclose(warm, cold)
+
+    # The same weights in a flow built at the evaluation size give the same numbers: nothing depends on the
+    # build size but the y/x ratio.
+    there = build_flow(**{**flow.config, "y_shape": [cy, h, w], "x_shape": [cx, h // ratio, w // ratio]}).double()
+    there.load_state_dict(flow.state_dict())
+    there.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(there.log_prob(y, x), log_p, rtol=0, atol=1e-6)
+        torch.testing.assert_close(there.sample(x, temperature=0.0), cold, rtol=0, atol=1e-9)
+        for a, b in zip(there.encode(y, x), latents):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
+    # ... and the build-size flow still evaluates at its build size after running elsewhere.
+    y16 = torch.randn(2, cy, 16, 16, dtype=torch.float64, generator=gen)
+    x16 = torch.rand(2, cx, 16 // ratio, 16 // ratio, dtype=torch.float64, generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(flow.log_prob(y16, x16), there.log_prob(y16, x16), rtol=0, atol=1e-6)
+        assert flow.sample(x16).shape == (2, cy, 16, 16)
+
+
+def test_size_errors_name_the_shape_and_the_multiple():
+    sr = perturbed_flow("cnf", (3, 16, 16), (3, 8, 8), levels=3, scale=0.05)
+    with pytest.raises(ValueError, match=r"y of spatial size 20x16: .*multiples of 2\*\*levels = 8"):
+        sr.log_prob(torch.zeros(1, 3, 20, 16, dtype=torch.float64), torch.zeros(1, 3, 10, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"y of size 18x24 \(inferred from x of shape \(1, 3, 9, 12\)\).*= 8"):
+        sr.sample(torch.zeros(1, 3, 9, 12, dtype=torch.float64))
+
+    cglow = perturbed_flow("cglow", (1, 8, 8), (2, 8, 8), levels=2, scale=0.05)
+    y16, x16 = torch.zeros(1, 1, 16, 16, dtype=torch.float64), torch.zeros(1, 2, 16, 16, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"c-Glow models evaluate at their trained size 8x8; got y of spatial size 16"):
+        cglow.log_prob(y16, x16)
+    with pytest.raises(ValueError, match=r"c-Glow models evaluate at their trained size 8x8.*\(1, 2, 16, 16\)"):
+        cglow.sample(x16)
+    # At the trained size it runs; for the density, x of another size is resampled to y's grid as before.
+    y, x = torch.randn(1, 1, 8, 8, dtype=torch.float64), torch.rand(1, 2, 8, 8, dtype=torch.float64)
+    assert torch.isfinite(cglow.log_prob(y, x)).all() and cglow.sample(x).shape == (1, 1, 8, 8)
+    assert torch.isfinite(cglow.log_prob(y, torch.rand(1, 2, 16, 16, dtype=torch.float64))).all()

@@ -198,3 +198,75 @@ def test_factorized_param_budget_matches_a_flow():
 def test_invalid_options_name_the_option(kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_model(y_shape=(1, 4, 4), x_shape=(3, 4, 4), **kwargs)
+
+
+# (family, target, build y_shape, build x_shape, options); evaluated at other sizes with the same y/x ratio.
+SIZE_MODELS = {
+    "drive": ("cnf", "binary", (1, 16, 16), (3, 16, 16),
+              dict(levels=2, steps=1, hidden=8, encoder="vgg", encoder_options={"width": 4}, coupling="additive",
+                   subnet="drive", dequantization="binary")),
+    "sr": ("cnf", "image8", (3, 16, 16), (3, 8, 8), {**TINY["cnf"], "levels": 2, "dequantization": "variational"}),
+    "parts": ("cnf", "categorical", (1, 16, 16), (3, 16, 16), {**TINY["cnf"], "levels": 2, "num_classes": K}),
+    "sr-factorized": ("factorized", "image8", (3, 16, 16), (3, 8, 8), TINY["factorized"]),
+}
+
+
+@pytest.mark.parametrize("name,eval_size", [("drive", (32, 32)), ("sr", (24, 24)), ("sr", (16, 40)),
+                                            ("parts", (16, 40)), ("sr-factorized", (24, 24))])
+def test_models_evaluate_at_other_sizes_like_a_model_built_there(name, eval_size):
+    family, target, y_shape, x_shape, opts = SIZE_MODELS[name]
+    torch.manual_seed(0)
+    model = _perturb(build_model(family, target, y_shape, x_shape, **opts).double(), scale=0.05).eval()
+    (h, w), ratio = eval_size, y_shape[1] // x_shape[1]
+    gen = torch.Generator().manual_seed(1)
+    y = _data(target, (y_shape[0], h, w), gen=gen).double()
+    x = torch.rand(2, x_shape[0], h // ratio, w // ratio, dtype=torch.float64, generator=gen)
+    there = build_model(**{**model.config, "y_shape": [y_shape[0], h, w], "x_shape": [x_shape[0], h // ratio,
+                                                                                       w // ratio]}).double()
+    there.load_state_dict(model.state_dict())
+    there.eval()
+
+    results = []
+    for m in (model, there):
+        torch.manual_seed(3)  # the same dequantization noise and prior draws for both
+        with torch.no_grad():
+            ll = m.log_likelihood(y, x)
+            nll = m.nll(y, x)
+            s = m.sample(x, temperature=0.7)
+            out = m.predict(x, n_samples=2, temperature=0.7)
+        results.append((ll, nll, s, out))
+    (ll, nll, s, out), (ll2, nll2, s2, out2) = results
+    assert ll.shape == nll.shape == (2,) and torch.isfinite(ll).all() and torch.isfinite(nll).all()
+    assert s.shape == y.shape and out["prediction"].shape == y.shape
+    channels = K if target == "categorical" else y_shape[0]
+    assert out["mean"].shape == out["std"].shape == (2, channels, h, w)
+    torch.testing.assert_close(ll2, ll, rtol=0, atol=1e-6)
+    torch.testing.assert_close(nll2, nll, rtol=0, atol=1e-6)
+    torch.testing.assert_close(s2, s, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out2["mean"], out["mean"], rtol=0, atol=1e-6)
+    if target == "image8":
+        assert torch.equal(s, s.round()) and s.min() >= 0 and s.max() <= 255
+    elif target == "binary":
+        assert set(s.unique().tolist()) <= {0.0, 1.0}
+    else:
+        assert set(s.unique().tolist()) <= set(range(K))
+
+
+def test_flow_models_reject_sizes_they_cannot_evaluate():
+    family, target, y_shape, x_shape, opts = SIZE_MODELS["drive"]
+    model = build_model(family, target, y_shape, x_shape, **opts).eval()
+    with pytest.raises(ValueError, match=r"y of shape \(2, 1, 18, 18\): height and width must be multiples of "
+                                         r"2\*\*levels = 4"):
+        model.log_likelihood(torch.zeros(2, 1, 18, 18), torch.zeros(2, 3, 18, 18))
+    with pytest.raises(ValueError, match=r"y of shape \(2, 1, 16, 18\).*= 4"):
+        model.nll(torch.zeros(2, 1, 16, 18), torch.zeros(2, 3, 16, 18))
+    with pytest.raises(ValueError, match=r"y of size 18x16 \(inferred from x of shape \(1, 3, 18, 16\)\).*= 4"):
+        model.predict(torch.zeros(1, 3, 18, 16), n_samples=1)
+
+    cglow = build_model("cglow", "binary", (1, 8, 8), (3, 8, 8), **TINY["cglow"]).eval()
+    with pytest.raises(ValueError, match=r"c-Glow models evaluate at their trained size 8x8; got y of shape "
+                                         r"\(1, 1, 16, 16\)"):
+        cglow.log_likelihood(torch.zeros(1, 1, 16, 16), torch.zeros(1, 3, 16, 16))
+    with pytest.raises(ValueError, match=r"c-Glow models evaluate at their trained size 8x8"):
+        cglow.sample(torch.zeros(1, 3, 16, 16))
+    assert cglow.sample(torch.zeros(1, 3, 8, 8)).shape == (1, 1, 8, 8)
