@@ -8,9 +8,11 @@ outputs: ``--model-out`` (final flowlib checkpoint), ``--metrics-out`` (JSON), a
 
 Resuming: Ray Train 2.60 (Train V2) reloads the checkpoint manager snapshot kept in
 ``<storage>/<experiment>/`` when a run with the same ``RunConfig(name, storage_path)`` starts again, and hands the
-latest checkpoint to ``ray.train.get_checkpoint()`` in every worker. The MLflow run id is kept in
-``<state-dir>/mlflow_run_id`` (written atomically), so a rerun after the driver was killed continues the same
-step counter in the same MLflow run. ``--fresh`` discards both and starts over.
+latest checkpoint to ``ray.train.get_checkpoint()`` in every worker; ``FailureConfig(max_failures)`` restarts the
+worker group from it in the same way. Each checkpoint is committed (registered by the Train controller) before the
+workers train on, so either kind of crash loses at most one ``train.checkpoint_every`` interval. The MLflow run
+id is kept in ``<state-dir>/mlflow_run_id`` (written atomically), so a rerun after the driver was killed continues
+the same step counter in the same MLflow run. ``--fresh`` discards both and starts over.
 """
 from __future__ import annotations
 
