@@ -121,6 +121,36 @@ def _read_run_id(state_dir: Path) -> str | None:
     return text or None
 
 
+class RayConnectError(RuntimeError):
+    """``$RAY_ADDRESS`` names a cluster that ``ray.init`` could not join."""
+
+
+def _token_auth_for_local_cluster(address: str) -> None:
+    """Set ``RAY_AUTH_MODE=token`` when ``address`` is a cluster on this machine and this user has a Ray token.
+
+    ``ray start --head`` secures a cluster with the user's token (``~/.ray/auth_token``) by default, and
+    ``ray.init(address="auto")`` turns token auth on by itself, but Ray 2.60 never does so for an explicit address
+    such as ``127.0.0.1:6379`` (the same cluster then refuses the driver: "InvalidAuthToken"). For an address
+    on this machine the local token is the right one and does not leave the host, so do what ``auto`` does;
+    for a remote address the user's ``RAY_AUTH_MODE`` (or its absence) stands.
+    """
+    if os.environ.get("RAY_AUTH_MODE") is not None or address == "auto":
+        return
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+            or (Path.home() / ".ray" / "auth_token").is_file()):
+        return
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    local = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
+    try:
+        import psutil
+
+        local |= {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
+    except Exception:
+        pass
+    if host in local or host.startswith("127."):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def _init_ray(num_cpus_needed: float, num_cpus: int | None, use_gpu: bool):
     # Workers must not chdir into the trial folder: every path we hand them is absolute anyway, but user
     # code that opens a relative path (e.g. params) would silently break.
@@ -129,15 +159,23 @@ def _init_ray(num_cpus_needed: float, num_cpus: int | None, use_gpu: bool):
     # to the controller). Every checkpoint waits for that poll to commit it (pipelines.worker), and the end of
     # a fit is only seen on a poll, so a shorter interval shortens both; polling two actors is cheap.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    if address:
+        _token_auth_for_local_cluster(address)  # before Ray reads its configuration
     import ray
 
     if ray.is_initialized():
         return ray
-    address = os.environ.get("RAY_ADDRESS", "").strip()
     if address:
         # Joins the cluster named by $RAY_ADDRESS ("auto", "host:port" or "ray://..."; auth from the environment).
         # The driver only disconnects when it exits: the cluster stays up for the next stage.
-        ray.init(address=address, log_to_driver=True, configure_logging=False)
+        try:
+            ray.init(address=address, log_to_driver=True, configure_logging=False)
+        except Exception as exc:
+            raise RayConnectError(
+                f"could not join the Ray cluster at RAY_ADDRESS={address!r} ({type(exc).__name__}: {exc}); is it "
+                "running (`ray status`)? A token-secured cluster also needs RAY_AUTH_MODE=token and its token "
+                "(RAY_AUTH_TOKEN or ~/.ray/auth_token)") from exc
     else:
         # address="local" forces a private instance: a bare ray.init() silently joins any cluster that a
         # `ray start` on this machine left behind (another user's, with other resources and lifetime).
@@ -368,7 +406,7 @@ def run(args: argparse.Namespace) -> int:
         out = train_experiment(exp, params, data_dir=data_dir, storage=storage, state_dir=state_dir,
                                model_out=model_out, metrics_out=metrics_out, num_cpus=args.num_cpus,
                                fresh=args.fresh, samples=not args.no_samples, t_start=t_start)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, RayConnectError) as exc:
         print(f"cnf train {exp.name}: {exc}", file=sys.stderr)
         return 1
     print(f"[{exp.name}] done: {out['steps']} steps (resumed from {out['resumed_from_step']}), "

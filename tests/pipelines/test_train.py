@@ -155,3 +155,22 @@ def test_killed_worker_is_restarted_from_the_last_checkpoint(tmp_path, shards):
                              "train.fail_at_step=5", "scaling.num_workers=2", "scaling.max_failures=2")
     assert (tmp_path / "runs" / EXP / "fail_at_step.done").exists()
     assert metrics["steps"] == 10 and metrics["resumed_from_step"] == 3, log[-4000:]
+
+
+def test_token_auth_is_enabled_for_an_explicit_address_on_this_machine_only(tmp_path, monkeypatch):
+    from pipelines.train import _token_auth_for_local_cluster
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    _token_auth_for_local_cluster("127.0.0.1:6379")
+    assert "RAY_AUTH_MODE" not in os.environ  # no token: nothing to send
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("x" * 32)
+    _token_auth_for_local_cluster("203.0.113.9:6379")  # TEST-NET-3: never this machine
+    assert "RAY_AUTH_MODE" not in os.environ  # the local token must not go to another host
+    _token_auth_for_local_cluster("127.0.0.1:6379")
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    _token_auth_for_local_cluster("localhost:6379")
+    assert os.environ["RAY_AUTH_MODE"] == "disabled"  # an explicit choice stands

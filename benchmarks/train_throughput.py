@@ -1,0 +1,161 @@
+"""Training throughput and start-up of `cnf train`: samples/s per experiment, and 1 vs 2 Ray workers.
+
+    python benchmarks/train_throughput.py [--experiments A B ...] [--steps 8] [--data-root DIR]
+                                          [--scaling-experiment drive_cnf] [--cluster | --no-cluster]
+
+Each row is one real `cnf train EXP --set train.steps=N --fresh --no-samples` subprocess with a throw-away
+Ray storage folder and MLflow database; the figures come from its metrics JSON: ``samples_per_s`` (global
+samples per second from the first training step to the last report, measured in the workers) and
+``startup_s`` (command start to the first training step). With ``--cluster`` (the default) the script starts
+one private Ray head (``ray start --head --block`` in its own process group, on a free port) and points every
+run at it through ``RAY_ADDRESS``, so the table measures training rather than Ray's start-up; it then runs
+one extra ``--no-cluster`` row to show what a fresh local Ray costs. Datasets missing under ``--data-root``
+are fetched from the demo source first. Prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_cluster(num_cpus: int, temp_dir: str) -> tuple[subprocess.Popen, str]:
+    """A private Ray head on a free port; stop it with ``stop_cluster`` (``ray stop`` would stop everyone's)."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+         "--num-cpus", str(num_cpus), "--num-gpus", "0", "--include-dashboard=false", "--disable-usage-stats",
+         "--temp-dir", temp_dir],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"`ray start --head` exited with status {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, f"127.0.0.1:{port}"
+        time.sleep(0.5)
+    stop_cluster(proc)
+    raise RuntimeError(f"Ray head did not listen on 127.0.0.1:{port} within 120 s")
+
+
+def stop_cluster(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def run_one(exp: str, steps: int, data_root: Path, work: Path, address: str | None, sets=()) -> dict:
+    """One `cnf train` subprocess; returns its metrics JSON plus the command's own wall time."""
+    tag = "_".join([exp, *[s.replace("=", "").replace(".", "") for s in sets]])
+    out = work / tag
+    env = os.environ.copy()
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{out / 'mlflow.db'}"
+    env.pop("RAY_ADDRESS", None)
+    if address:
+        env["RAY_ADDRESS"] = address
+    cmd = [str(BIN / "cnf"), "train", exp, "--params", str(ROOT / "params.yaml"), "--data-root", str(data_root),
+           "--storage", str(out / "runs"), "--model-out", str(out / "model.pt"),
+           "--metrics-out", str(out / "metrics.json"), "--fresh", "--no-samples",
+           "--set", f"train.steps={steps}", "--set", f"train.checkpoint_every={steps}"]
+    for s in sets:
+        cmd += ["--set", s]
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=900)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["command_wall_s"] = wall
+    return metrics
+
+
+def main() -> int:
+    sys.path.insert(0, str(ROOT))
+    from pipelines import fetch
+    from pipelines.params import load_params
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default=str(ROOT / "params.yaml"))
+    parser.add_argument("--experiments", nargs="+", help="default: every experiment in params.yaml")
+    parser.add_argument("--steps", type=int, default=8, help="training steps per run (default: %(default)s)")
+    parser.add_argument("--data-root", help="one shard folder per dataset (default: demo sets in a temp folder)")
+    parser.add_argument("--scaling-experiment", default="drive_cnf",
+                        help="also run this one with scaling.num_workers=1 and 2 ('' to skip)")
+    parser.add_argument("--no-cluster", dest="cluster", action="store_false",
+                        help="every run starts its own local Ray (measures start-up, not throughput)")
+    args = parser.parse_args()
+
+    params = load_params(args.params)
+    names = args.experiments or list(params.experiments)
+    tmp = tempfile.TemporaryDirectory(prefix="train-bench-")
+    work = Path(tmp.name)
+    data_root = Path(args.data_root or work / "data")
+    needed = sorted({params.experiment(n).data.dataset for n in names}
+                    | ({params.experiment(args.scaling_experiment).data.dataset} if args.scaling_experiment else set()))
+    for ds in needed:
+        if not (data_root / ds / "manifest.json").exists():
+            print(f"fetching demo {ds} -> {data_root / ds}", file=sys.stderr, flush=True)
+            fetch.fetch(ds, "demo", str(data_root / ds))
+
+    cluster = address = None
+    rows: list[tuple[str, str, dict]] = []
+    try:
+        if args.cluster:
+            ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths have a length limit
+            cluster, address = start_cluster(os.cpu_count() or 2, ray_tmp)
+            print(f"Ray head at {address}", file=sys.stderr, flush=True)
+        jobs = [(n, ()) for n in names]
+        if args.scaling_experiment:
+            jobs += [(args.scaling_experiment, ("scaling.num_workers=1",)),
+                     (args.scaling_experiment, ("scaling.num_workers=2",))]
+        t_all = time.perf_counter()
+        for i, (exp, sets) in enumerate(jobs, 1):
+            m = run_one(exp, args.steps, data_root, work, address, sets)
+            rows.append((exp, "cluster" if address else "local", m))
+            elapsed = time.perf_counter() - t_all
+            print(f"[{i}/{len(jobs)}] {exp} {' '.join(sets)}: {m['samples_per_s']:.1f} samples/s, start-up "
+                  f"{m['startup_s']:.1f} s, wall {m['command_wall_s']:.1f} s; ETA "
+                  f"{elapsed / i * (len(jobs) - i):.0f} s", file=sys.stderr, flush=True)
+        if address:  # one run with a fresh local Ray, for the start-up comparison
+            m = run_one(names[0], args.steps, data_root, work / "local", None)
+            rows.append((names[0], "local", m))
+    finally:
+        if cluster is not None:
+            stop_cluster(cluster)
+
+    print(f"\ncores: {os.cpu_count()}, steps per run: {args.steps}, profile: {params.profile}\n")
+    print("| experiment | ray | workers | batch | samples/s | start-up s (cmd -> 1st step) | command wall s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for exp, ray_kind, m in rows:
+        batch = params.experiment(exp).train.batch_size
+        print(f"| {exp} | {ray_kind} | {m['num_workers']} | {batch} | {m['samples_per_s']:.1f} | "
+              f"{m['startup_s']:.1f} | {m['command_wall_s']:.1f} |")
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
