@@ -22,7 +22,15 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+def project_root(start: Path | None = None) -> Path:
+    """The project a stage runs in: the nearest folder up from the working directory holding ``dvc.yaml`` or
+    ``.git`` (DVC runs stages from there), else the working directory. Not the package's install location, so a
+    clone of the project keeps its own MLflow store."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "dvc.yaml").is_file() or (folder / ".git").exists():
+            return folder
+    return here
 
 # Experiment name per paper (the `paper:` key of an experiment in params.yaml).
 PAPER_EXPERIMENTS = {"winkler2019": "winkler2019-cnf", "lu2020": "lu2020-cglow"}
@@ -36,7 +44,7 @@ MAX_METRICS_PER_BATCH = 1000
 
 def tracking_uri() -> str:
     """The tracking URI every stage uses: ``$MLFLOW_TRACKING_URI`` if set, else the project's SQLite file."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
 def experiment_name(paper: str, prefix: str = "") -> str:

@@ -27,7 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RUN_ID_FILE = "mlflow_run_id"
 CONFIG_FILE = "config_sha256"  # what the checkpoints in <storage>/<experiment> were trained with
 # Environment a worker on a remote cluster needs to reach the same services (no secrets: configure those on
@@ -90,10 +89,13 @@ def _copy_atomic(src: Path, dst: Path) -> None:
 
 def git_commit() -> str:
     """HEAD of the project repository, with ``-dirty`` when tracked files changed; ``unknown`` outside git."""
+    from pipelines.tracking import project_root
+
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+        root = project_root()
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                               check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return head + ("-dirty" if dirty else "")
     except Exception:

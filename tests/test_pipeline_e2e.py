@@ -42,7 +42,9 @@ def project_files() -> list[str]:
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
         cwd=ROOT, capture_output=True, text=True, check=True,
     ).stdout.split("\n")
-    return [f for f in out if f and (ROOT / f).is_file()]
+    # Results of a local `dvc repro` (untracked until a user commits them) are not part of the project.
+    generated = ("dvc.lock", "metrics/", "models/", "tables/", "figures/", "runs/", "data/", "mlflow.db")
+    return [f for f in out if f and (ROOT / f).is_file() and not f.startswith(generated)]
 
 
 def tiny_params(params: dict) -> dict:
@@ -52,14 +54,17 @@ def tiny_params(params: dict) -> dict:
     missing = [e for e in TINY_EXPERIMENTS if e not in experiments]
     assert not missing, f"params.yaml lacks experiments {missing}"
     params["experiments"] = {name: experiments[name] for name in TINY_EXPERIMENTS}
-    used = {experiments[name]["data"]["dataset"] for name in TINY_EXPERIMENTS}
-    params["datasets"] = {k: v for k, v in params["datasets"].items() if k in used or k in params.get("benchmarks_keep", [])}
+    # Evaluation stages also depend on the SR benchmark sets (see dvc.yaml), so those are always fetched.
+    used = {"set5", "set14", "bsd100"}
+    for name in TINY_EXPERIMENTS:
+        used |= {experiments[name]["data"]["dataset"], experiments[name]["data"]["eval_dataset"]}
+    params["datasets"] = {k: v for k, v in params["datasets"].items() if k in used}
     for exp in params["experiments"].values():
         exp["train"]["steps"] = 6
         exp["train"]["checkpoint_every"] = 3
         exp["eval"]["n_samples"] = 2
-    params["sweeps"] = [e for e in params.get("sweeps", []) if e in TINY_EXPERIMENTS]
-    params["scores"] = [s for s in params.get("scores", []) if s["dataset"] in params["datasets"]]
+    params["sweeps"] = {k: v for k, v in params["sweeps"].items() if k in TINY_EXPERIMENTS}
+    params["scores"] = {k: v for k, v in params["scores"].items() if v["dataset"] in params["datasets"]}
     return params
 
 
