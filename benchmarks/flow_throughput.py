@@ -171,7 +171,8 @@ def main(argv=None) -> int:
         for impl in IMPLS:
             out = subprocess.run([sys.executable, __file__, "--one", impl, config, "--threads", str(args.threads)],
                                  capture_output=True, text=True,
-                                 env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+                                 env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                     [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])})
             if out.returncode:
                 print(out.stderr, file=sys.stderr)
                 raise SystemExit(f"memory benchmark {impl}/{config} failed (exit {out.returncode})")
