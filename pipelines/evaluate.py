@@ -356,17 +356,22 @@ def eval_figures(exp_name: str, results: Mapping[str, Mapping[str, Any]], folder
 # ------------------------------------------------------------------------------------------------------- CLI
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
+def add_trained_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments shared by the stages that run a trained experiment (`cnf evaluate`, `cnf sweep`)."""
     parser.add_argument("experiment", help="experiment name in params.yaml")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--model", default=None, help="checkpoint (default models/<exp>.pt) or runs:/<run_id>")
     parser.add_argument("--data", default="data", help="folder holding one shard folder per dataset "
                         "(data/<dataset>), or the training dataset's own folder")
-    parser.add_argument("--out", default=None, help="metrics JSON (default metrics/eval/<exp>.json)")
     parser.add_argument("--train-metrics", default=None, help="default metrics/train/<exp>.json (for the run id)")
-    parser.add_argument("--figures", default=None, help="also write the PR figures here (default: MLflow only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_trained_model_arguments(parser)
+    parser.add_argument("--out", default=None, help="metrics JSON (default metrics/eval/<exp>.json)")
+    parser.add_argument("--figures", default=None, help="also write the PR figures here (default: MLflow only)")
 
 
 def run(args: argparse.Namespace) -> int:

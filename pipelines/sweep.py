@@ -71,16 +71,12 @@ def sweep_experiment(exp, model, data_dir: str | Path, temperatures, *, seed: in
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("experiment")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--model", default=None, help="checkpoint (default models/<exp>.pt) or runs:/<run_id>")
-    parser.add_argument("--data", default="data", help="folder holding one shard folder per dataset")
+    from pipelines.evaluate import add_trained_model_arguments
+
+    add_trained_model_arguments(parser)
     parser.add_argument("--out", default=None, help="default metrics/sweep/<exp>.json")
     parser.add_argument("--figures", default="figures")
-    parser.add_argument("--train-metrics", default=None, help="default metrics/train/<exp>.json (for the run id)")
     parser.add_argument("--temperatures", default=None, help="comma-separated, overrides sweep.temperatures")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
 
 def run(args: argparse.Namespace) -> int:

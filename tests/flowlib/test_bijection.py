@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from torch.autograd.functional import jacobian
 
 from flowlib.actnorm import ActNorm, ConditionalActNorm
@@ -12,6 +13,7 @@ from flowlib.encoders.conditioning import CouplingFeatureNetwork
 from flowlib.flows import build_flow
 from flowlib.invconv import ConditionalInvConv1x1, InvConv1x1
 from flowlib.squeeze import Squeeze
+from randomize import randomize
 
 U_SHAPE = (4, 2, 2)  # (C, H, W) of u: 16 dims per sample
 COND_CHANNELS = 3
@@ -55,13 +57,7 @@ PARAMS += [("cnf_level0", True), ("cnf_level1", True), ("cglow_level0", True), (
 
 def perturb(module: torch.nn.Module, scale: float = 0.3) -> None:
     """Random non-identity parameters: zero-initialised outputs would otherwise make couplings the identity."""
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-        for m in module.modules():
-            if isinstance(m, ActNorm):
-                m.initialized.fill_(1)  # the contract concerns a fixed map, not the first-batch initialisation
+    randomize(module, scale, seed=1)
 
 
 def make_case(name: str, with_cond: bool):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from flowlib.checkpoint import FORMAT, load_checkpoint, load_model, save_checkpoint
-from flowlib.actnorm import ActNorm
 from flowlib.models import build_model
+from randomize import randomize
 
 TINY = {
     "cnf": dict(levels=1, steps=1, hidden=8, encoder_options={"blocks": 1, "growth": 4}, context_channels=4),
@@ -17,16 +17,7 @@ TINY = {
 }
 
 
-def _perturb(model, scale=0.1, seed=0):
-    """Non-identity parameters, so that a round trip that dropped a zero-initialised layer would show."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-        for m in model.modules():
-            if isinstance(m, ActNorm):
-                m.initialized.fill_(1)
-    return model
+_perturb = randomize  # non-identity parameters: a round trip that dropped a zero-initialised layer would show
 
 
 @pytest.mark.parametrize("family,target,extra", [

@@ -9,6 +9,7 @@ import torch
 
 from flowlib.actnorm import ActNorm
 from flowlib.flows import build_flow
+from randomize import randomize
 
 TINY = {  # kind -> build kwargs on y_shape (1, 2, 2): a 4-dimensional density we can integrate
     "cnf": dict(hidden=8, encoder_blocks=1, encoder_growth=4, context_channels=4),
@@ -20,14 +21,7 @@ def perturbed_flow(kind, y_shape=(1, 2, 2), x_shape=(2, 2, 2), levels=1, steps=2
     """A flow with random non-identity parameters (zero-initialised outputs perturbed), in float64."""
     torch.manual_seed(0)
     flow = build_flow(kind, y_shape, x_shape, levels=levels, steps=steps, **{**TINY[kind], **options}).double()
-    gen = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for p in flow.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-        for m in flow.modules():
-            if isinstance(m, ActNorm):
-                m.initialized.fill_(1)
-    return flow.eval()
+    return randomize(flow, scale, seed=2).eval()
 
 
 def importance_weights(flow, x1, n, seed=3):

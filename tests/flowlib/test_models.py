@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from flowlib.actnorm import ActNorm
 from flowlib.baselines import count_parameters
 from flowlib.models import FAMILIES, TARGETS, build_model, parameter_counts
+from randomize import randomize
 
 TINY = {
     "cnf": dict(levels=1, steps=1, hidden=8, encoder_options={"blocks": 1, "growth": 4}, context_channels=4),
@@ -41,16 +41,7 @@ def _build(family, target, **extra):
     return build_model(family, target, y_shape, x_shape, **opts), y_shape, x_shape
 
 
-def _perturb(model, scale=0.1, seed=0):
-    """Random non-identity parameters: zero-initialised output layers would otherwise block gradients."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-        for m in model.modules():
-            if isinstance(m, ActNorm):
-                m.initialized.fill_(1)
-    return model
+_perturb = randomize
 
 
 @pytest.mark.parametrize("family,target", list(itertools.product(FAMILIES, TARGETS)))
