@@ -119,17 +119,30 @@ class FlowModel(StructuredModel):
 
     ``v`` lies in the unit scale of the dequantizer (8-bit: ``(y + u)/256``), so ``\log q`` already holds
     every rescaling's Jacobian; centring by ``1/2`` has Jacobian 1. Categorical ``y`` is one-hot encoded into
-    ``K`` channels first (each a binary variable). Sources: Winkler et al. 2019, sec. 2.1, 3.2 and 5;
-    Lu & Huang 2020, sec. 4.2.
+    ``K`` channels first (each a binary variable). With ``residual = a`` (continuous targets whose ``x`` has
+    ``y``'s shape) the flow models ``y - a x``, c-Glow's residual form for denoising (Lu & Huang 2020, sec. 5.4,
+    after Zhang et al. 2017): a translation by ``a x`` has Jacobian 1, so ``log p(y|x) = log p_flow(y - a x | x)``.
+    Sources: Winkler et al. 2019, sec. 2.1, 3.2 and 5; Lu & Huang 2020, sec. 4.2.
     """
 
-    def __init__(self, flow: nn.Module, dequantizer: Optional[nn.Module], target: str, num_classes: Optional[int]):
+    def __init__(self, flow: nn.Module, dequantizer: Optional[nn.Module], target: str, num_classes: Optional[int],
+                 residual: Optional[float] = None):
         super().__init__()
         self.flow = flow
         self.dequantizer = dequantizer
         self.target = target
         self.num_classes = num_classes
         self.levels = LEVELS.get(target)
+        self.residual = float(residual) if residual else None
+
+    def _offset(self, x: Tensor, like: Tensor) -> Tensor | float:
+        """``a x``, the part of ``y`` the flow does not model (0 unless ``residual``)."""
+        if self.residual is None:
+            return 0.0
+        if x.shape != like.shape:
+            raise ValueError(f"{type(self).__name__}: residual={self.residual} needs x of y's shape; got x "
+                             f"{tuple(x.shape)} and y {tuple(like.shape)}")
+        return self.residual * x
 
     def _flow_target(self, y: Tensor) -> Tensor:
         if self.target == "categorical":
@@ -152,7 +165,7 @@ class FlowModel(StructuredModel):
         """
         self.check_size(y)
         if self.dequantizer is None:
-            return self.flow.log_prob(y, x)
+            return self.flow.log_prob(y - self._offset(x, y), x)
         v, log_q = self.dequantizer.dequantize(self._flow_target(y), x)
         return self.flow.log_prob(v - 0.5, x) - log_q
 
@@ -167,7 +180,7 @@ class FlowModel(StructuredModel):
         """
         v = self.flow.sample(x, temperature)
         if self.dequantizer is None:
-            return v
+            return v + self._offset(x, v)
         v = v + 0.5
         if self.target == "categorical":
             return v.argmax(dim=1, keepdim=True).to(v.dtype)
@@ -222,7 +235,8 @@ def build_model(family: str, target: str, y_shape: Sequence[int], x_shape: Seque
       - flows: ``levels``, ``steps``, ``dequantization`` (per target, see ``DEQUANTIZATION_CHOICES``),
         ``dequantizer_steps`` (2), ``dequantizer_hidden`` (= ``hidden``), ``cond_hidden`` (c-Glow: sets
         ``cond_channels``, ``cond_fc_width`` and ``coupling_cond_channels`` unless given); every other option
-        goes to ``build_flow`` (which rejects unknown ones).
+        goes to ``build_flow`` (which rejects unknown ones); ``residual`` (continuous targets, ``x`` of ``y``'s
+        shape: the flow models ``y - residual * x``, c-Glow's residual denoising).
       - factorized: ``beta`` (weighted Bernoulli, eq. 9), ``param_budget`` (choose ``hidden`` to match a
         parameter count), ``levels`` (VGG encoder outputs), ``encoder`` in ``BASELINE_ENCODERS`` with a
         per-target default (RRDB for 8-bit SR, VGG for binary DRIVE, c-Glow's feature net otherwise).
@@ -248,7 +262,7 @@ def build_model(family: str, target: str, y_shape: Sequence[int], x_shape: Seque
     config = {"family": family, "target": target, "y_shape": y_shape, "x_shape": x_shape, **options}
 
     if family == "factorized":
-        for key in ("steps", "dequantization", "dequantizer_steps", "dequantizer_hidden", "cond_hidden"):
+        for key in ("steps", "dequantization", "dequantizer_steps", "dequantizer_hidden", "cond_hidden", "residual"):
             if key in opts:
                 raise ValueError(f"build_model: option {key} is for flows, not family='factorized'")
         if "levels" in opts:
@@ -286,6 +300,13 @@ def build_model(family: str, target: str, y_shape: Sequence[int], x_shape: Seque
             raise ValueError("build_model: option encoder is for family='cnf' (c-Glow conditions through its "
                              "own conditioning networks)")
 
+    residual = opts.pop("residual", None)
+    if residual is not None:
+        if target != "continuous" or list(x_shape) != list(y_shape):
+            raise ValueError(f"build_model: option residual is for target='continuous' with x_shape == y_shape; "
+                             f"got target={target!r}, y_shape {y_shape}, x_shape {x_shape}")
+        if not math.isfinite(float(residual)):
+            raise ValueError(f"build_model: option residual must be a finite number, got {residual!r}")
     if target == "continuous":
         if deq_kind is not None:
             raise ValueError(f"build_model: option dequantization={deq_kind!r} is for discrete targets, "
@@ -302,7 +323,7 @@ def build_model(family: str, target: str, y_shape: Sequence[int], x_shape: Seque
         dequantizer = build_dequantizer(deq_kind, flow_shape, x_shape, levels=LEVELS[target], steps=deq_steps,
                                         hidden=hidden)
     flow = build_flow(family, flow_shape, x_shape, **opts)
-    model = FlowModel(flow, dequantizer, target, num_classes)
+    model = FlowModel(flow, dequantizer, target, num_classes, residual)
     model.config = config
     return model
 

@@ -261,3 +261,26 @@ def test_flow_models_reject_sizes_they_cannot_evaluate():
     with pytest.raises(ValueError, match=r"c-Glow models evaluate at their trained size 8x8"):
         cglow.sample(torch.zeros(1, 3, 16, 16))
     assert cglow.sample(torch.zeros(1, 3, 8, 8)).shape == (1, 1, 8, 8)
+
+
+def test_residual_flow_models_y_minus_ax_with_unit_jacobian():
+    """c-Glow's residual denoising: log p(y|x) = log p_flow(y - a x | x); samples are a x plus flow samples."""
+    torch.manual_seed(0)
+    model = build_model("cglow", "continuous", (3, 8, 8), (3, 8, 8), residual=1.0, **TINY["cglow"]).double()
+    randomize(model, 0.1, seed=3)
+    y, x = torch.rand(2, 3, 8, 8, dtype=torch.float64), torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(model.log_likelihood(y, x), model.flow.log_prob(y - x, x))
+    torch.manual_seed(7)
+    s = model.sample(x, temperature=0.0)
+    torch.testing.assert_close(s - x, model.flow.sample(x, temperature=0.0))
+    rebuilt = build_model(**model.config).double()
+    rebuilt.load_state_dict(model.state_dict())
+    torch.testing.assert_close(rebuilt.log_likelihood(y, x), model.log_likelihood(y, x))
+
+
+@pytest.mark.parametrize("family,target,x_shape", [("cnf", "image8", (3, 8, 8)), ("cnf", "continuous", (3, 4, 4)),
+                                                     ("factorized", "continuous", (3, 8, 8))])
+def test_residual_is_rejected_where_it_means_nothing(family, target, x_shape):
+    opts = {} if family == "factorized" else {"levels": 1, "steps": 1}
+    with pytest.raises(ValueError, match="residual"):
+        build_model(family, target, (3, 8, 8), x_shape, residual=1.0, hidden=8, **opts)
