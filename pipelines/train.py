@@ -161,6 +161,10 @@ def _init_ray(num_cpus_needed: float, num_cpus: int | None, use_gpu: bool):
     # to the controller). Every checkpoint waits for that poll to commit it (pipelines.worker), and the end of
     # a fit is only seen on a poll, so a shorter interval shortens both; polling two actors is cheap.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    # Train V2 patches the workers' print into its logger and, once anything has wrapped sys.stdout (MLflow
+    # does), also tees it to stdout, so every progress line reached the driver twice. Plain prints reach the
+    # driver once through Ray's log forwarding and still land in the worker's log file.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     address = os.environ.get("RAY_ADDRESS", "").strip()
     if address:
         _token_auth_for_local_cluster(address)  # before Ray reads its configuration
