@@ -227,11 +227,15 @@ def train_loop_per_worker(config: dict) -> dict:
         a crash anywhere after this call resumes from ``step``: at most one checkpoint interval is lost.
         """
         elapsed = time.perf_counter() - (t_first or time.perf_counter())
-        metrics = {"step": step, "epoch": epoch, "resumed_from_step": start_step,
-                   "train_nll": last.loss if last else float("nan"), "train_bpd": last.bpd if last else float("nan"),
-                   "nonfinite_skipped": nonfinite_total,
-                   "samples_per_s": samples_done * world_size / elapsed if elapsed > 0 else 0.0,
-                   "first_step_unix": first_step_unix or 0.0, "final": final}
+        if last is not None:
+            latest = {"train_nll": last.loss, "train_bpd": last.bpd,
+                      "samples_per_s": samples_done * world_size / elapsed if elapsed > 0 else 0.0}
+        else:
+            # Nothing trained in this process (a rerun of a finished run): report what the run ended with.
+            latest = (state or {}).get("latest") or {"train_nll": float("nan"), "train_bpd": float("nan"),
+                                                     "samples_per_s": 0.0}
+        metrics = {"step": step, "epoch": epoch, "resumed_from_step": start_step, **latest,
+                   "nonfinite_skipped": nonfinite_total, "first_step_unix": first_step_unix or 0.0, "final": final}
         if rank != 0:
             ray.train.report(metrics)
             if not final:
@@ -242,7 +246,7 @@ def train_loop_per_worker(config: dict) -> dict:
             save_checkpoint(Path(tmp) / MODEL_FILE, bare, step=step, experiment=exp["name"])
             _atomic_torch_save({"model": bare.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                                 "epoch": epoch, "rng": rng_state(), "nonfinite_total": nonfinite_total,
-                                "world_size": world_size}, Path(tmp) / STATE_FILE)
+                                "world_size": world_size, "latest": latest}, Path(tmp) / STATE_FILE)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         if not final:
             t_commit = time.perf_counter()

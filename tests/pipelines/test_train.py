@@ -149,6 +149,13 @@ def test_driver_sigkill_then_rerun_resumes_same_step_counter_and_mlflow_run(tmp_
     logged = {m.step for m in c.get_metric_history(first_run_id, "train_nll")}
     assert target in logged and seen in logged, sorted(logged)
 
+    # Rerunning a finished run (what `dvc repro` does after a code change) trains nothing and reports what the
+    # run ended with, instead of losing the final figures.
+    again, _ = cnf_train(tmp_path, shards, f"train.steps={target}", "train.checkpoint_every=4")
+    assert again["resumed_from_step"] == target and again["mlflow_run_id"] == first_run_id
+    assert again["final_train_bpd"] == pytest.approx(metrics["final_train_bpd"])
+    assert again["samples_per_s"] == pytest.approx(metrics["samples_per_s"])
+
 
 def test_killed_worker_is_restarted_from_the_last_checkpoint(tmp_path, shards):
     metrics, log = cnf_train(tmp_path, shards, "train.steps=10", "train.checkpoint_every=3",
