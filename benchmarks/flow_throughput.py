@@ -4,11 +4,16 @@ What is compared (same depth, width, batch, float32, Adam; timings interleaved r
 - ``ours``: ``build_flow("cnf", ...)`` as configured for the paper task (RRDB or VGG encoder, conditional
   couplings on ``[z_1, h]``, conditional split priors and prior).
 - ``ours-noenc``: the same flow with ``encoder="none"`` (``h = x`` resampled): what the peer can express.
-- ``normflows``: ``nf.MultiscaleFlow`` of ``nf.flows.GlowBlock`` (ActNorm, LU 1x1 conv, coupling with a
-  Conv3x3-ReLU-Conv1x1-ReLU-Conv3x3 net of the same ``hidden`` width; ``scale=False`` for the additive DRIVE
-  flow) with ``nf.flows.Squeeze``/``Merge`` and ``GlowBase`` priors: an *unconditional* flow of the same depth
-  and width (normflows has no image-conditional coupling). Its DRIVE coupling net has no InstanceNorm.
+- ``normflows``: ``nf.MultiscaleFlow`` of ``nf.flows.GlowBlock`` (ActNorm, LU 1x1 conv, coupling;
+  ``scale=False`` for the additive DRIVE flow) with ``nf.flows.Squeeze``/``Merge``
+  and ``GlowBase`` priors: an *unconditional* flow of the same depth and width (normflows has no
+  image-conditional coupling). Its coupling net is ours (``make_subnet``: the SR net, or the DRIVE net with its
+  InstanceNorm), so both sides run the same networks; what remains different is conditioning: ours feeds
+  ``h`` (here ``x``) into every coupling and has conditional split priors, normflows' ``GlowBase`` is a fixed
+  learned Gaussian per level.
 The ratio column is ours-noenc / normflows (>1 means we are faster), the like-for-like comparison.
+``GFLOP/img`` counts one train step (forward and backward) with ``torch.utils.flop_counter``: the conditioning
+work ours does and the peer cannot express shows there, and the last column sets speed against work done.
 
 Peak memory is the rise of peak RSS (``VmHWM``, reset via ``/proc/self/clear_refs`` after imports; falls back to
 ``resource.getrusage`` max RSS) over building the model, 3 train steps and one sampling pass, in a fresh
@@ -83,8 +88,8 @@ def build(impl: str, cfg: dict):
     scale = cfg["options"]["coupling"] == "affine"
     q0, merges, flows = [], [], []
     for i in range(L):  # normflows orders levels deepest first
-        flows.append([nf.flows.GlowBlock(c * 2 ** (L + 1 - i), cfg["hidden"], split_mode="channel", scale=scale)
-                      for _ in range(K)] + [nf.flows.Squeeze()])
+        flows.append([_normflows_step(nf, c * 2 ** (L + 1 - i), cfg, scale) for _ in range(K)]
+                     + [nf.flows.Squeeze()])
         if i > 0:
             merges.append(nf.flows.Merge())
             shape = (c * 2 ** (L - i), h // 2 ** (L - i), w // 2 ** (L - i))
@@ -93,6 +98,22 @@ def build(impl: str, cfg: dict):
         q0.append(nf.distributions.GlowBase(shape))
     model = nf.MultiscaleFlow(q0, flows, merges, class_cond=False)
     return model, (lambda y, x: model.forward_kld(y)), (lambda x: model.sample(x.shape[0])[0])
+
+
+def _normflows_step(nf, channels: int, cfg: dict, scale: bool):
+    """A normflows ``GlowBlock`` (ActNorm, LU 1x1 conv, affine/additive coupling) whose coupling net is ours.
+
+    ``GlowBlock`` hard-wires a Conv3x3-ReLU-Conv1x1-ReLU-Conv3x3 net; giving it the net ours uses
+    (``make_subnet``: the SR net, or the DRIVE net Conv3x3-InstanceNorm-ReLU-Conv3x3) keeps the coupling
+    networks identical, so the comparison measures the flow machinery.
+    """
+    from flowlib.subnets import make_subnet
+    block = nf.flows.GlowBlock(channels, cfg["hidden"], split_mode="channel", scale=scale)
+    couplings = [m for m in block.modules() if isinstance(m, nf.flows.AffineCoupling)]
+    assert len(couplings) == 1, "normflows GlowBlock layout changed"
+    couplings[0].param_map = make_subnet(cfg["options"]["subnet"], (channels + 1) // 2,
+                                         (2 if scale else 1) * (channels // 2), cfg["hidden"])
+    return block
 
 
 def _setup(impl: str, config: str):
@@ -138,7 +159,13 @@ def measure_speed(config: str, steps: int, threads: int) -> dict:
     """Every implementation in one process, timed round-robin, so load from other processes hits all alike."""
     import torch
     torch.set_num_threads(threads)
+    from torch.utils.flop_counter import FlopCounterMode
     runs = {impl: _setup(impl, config) for impl in IMPLS}
+    flops = {}
+    for impl, (_, train_step, _, b) in runs.items():
+        with FlopCounterMode(display=False) as counter:
+            train_step()
+        flops[impl] = counter.get_total_flops() / b
     times = {impl: {"train": [], "sample": []} for impl in IMPLS}
     for i in range(steps):
         for impl, (_, train_step, sample, b) in runs.items():
@@ -147,7 +174,7 @@ def measure_speed(config: str, steps: int, threads: int) -> dict:
                 fn()
                 times[impl][kind].append(time.perf_counter() - t0)
         print(f"  {config}: round {i + 1}/{steps}", file=sys.stderr, flush=True)
-    return {impl: {"batch": runs[impl][3],
+    return {impl: {"batch": runs[impl][3], "train_gflop_per_img": flops[impl] / 1e9,
                    "train_img_s": runs[impl][3] / statistics.median(times[impl]["train"]),
                    "sample_img_s": runs[impl][3] / statistics.median(times[impl]["sample"])} for impl in IMPLS}
 
@@ -182,16 +209,20 @@ def main(argv=None) -> int:
         print(f"[{done}/{len(args.configs)}] {config} done; {elapsed:.0f}s elapsed, "
               f"ETA {elapsed / done * (len(args.configs) - done):.0f}s", file=sys.stderr, flush=True)
 
-    print(f"{'config':7s} {'impl':11s} {'params':>9s} {'train img/s':>12s} {'sample img/s':>13s} {'peak MB':>8s}")
+    print(f"{'config':7s} {'impl':11s} {'params':>9s} {'GFLOP/img':>10s} {'train img/s':>12s} {'sample img/s':>13s} "
+          f"{'peak MB':>8s}")
     for r in rows:
-        print(f"{r['config']:7s} {r['impl']:11s} {r['params']:9d} {r['train_img_s']:12.2f} "
-              f"{r['sample_img_s']:13.2f} {r['peak_rss_mb']:8.1f}")
+        print(f"{r['config']:7s} {r['impl']:11s} {r['params']:9d} {r['train_gflop_per_img']:10.3f} "
+              f"{r['train_img_s']:12.2f} {r['sample_img_s']:13.2f} {r['peak_rss_mb']:8.1f}")
     print("\nratio ours-noenc / normflows (>1: ours faster or, for memory, larger):")
     for config in args.configs:
         by = {r["impl"]: r for r in rows if r["config"] == config}
         a, b = by["ours-noenc"], by["normflows"]
+        work = a["train_gflop_per_img"] / b["train_gflop_per_img"]
         print(f"{config:7s} train {a['train_img_s'] / b['train_img_s']:.2f}x  sample "
-              f"{a['sample_img_s'] / b['sample_img_s']:.2f}x  peak-mem {a['peak_rss_mb'] / max(b['peak_rss_mb'], 1e-9):.2f}x")
+              f"{a['sample_img_s'] / b['sample_img_s']:.2f}x  peak-mem {a['peak_rss_mb'] / max(b['peak_rss_mb'], 1e-9):.2f}x"
+              f"  (ours does {work:.2f}x the FLOPs per train step: {work * a['train_img_s'] / b['train_img_s']:.2f}x "
+              "the FLOP/s)")
     if args.json:
         tmp = args.json.with_suffix(args.json.suffix + ".tmp")
         tmp.write_text(json.dumps(rows, indent=2))

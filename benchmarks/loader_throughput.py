@@ -1,68 +1,89 @@
-"""Loader throughput: samples/s through decode + task processing + augmentation, on the cores available.
+"""Loader throughput against what training consumes: samples/s through decode, task processing and augmentation.
 
-    python benchmarks/loader_throughput.py [--data DIR] [--workers 0 2] [--seconds 5]
+    python benchmarks/loader_throughput.py [--params params.yaml] [--data data/shards] [--experiments ...]
+                                           [--workers 0 2] [--seconds 4] [--metrics metrics/train]
 
-Without --data it fetches the demo sets into a temporary folder. If DIR/drive was fetched from the real
-DRIVE.zip, the DRIVE rows measure the real 565x584 images. Prints a markdown table.
+One row per experiment and loader-worker count. Each row reads the experiment's training batches through
+``pipelines.worker.train_loader``, the very loader ``cnf train`` builds (patch, size, padding, augmentation and
+task options from the params file), for ``--seconds`` of wall time, epoch after epoch. ``train samples/s`` is
+the rate the training run consumed (``samples_per_s`` of ``metrics/train/<experiment>.json``, written by
+``cnf train``); ``margin`` is the loader's rate over it. The goal is a margin of at least 5x.
+
+``--data`` is the folder holding one shard folder per dataset (default ``data/shards`` when it has the
+experiment's dataset, else the demo sets fetched into a temporary folder). If ``DIR/drive`` was fetched from
+the real DRIVE.zip, the DRIVE rows measure the real 565x584 images. Prints a markdown table.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from pipelines import fetch
-from pipelines.loader import make_loader
-
-CASES = [  # (dataset, split, task, loader keywords, batch size)
-    ("drive", "train", "vessel", {"patch": 64, "pad_multiple": 4}, 2),
-    ("drive", "test", "vessel", {"pad_multiple": 4}, 2),
-    ("imagenet32", "train", "sr", {}, 64),
-    ("imagenet64", "train", "sr", {"patch": 32}, 64),
-    ("horses", "train", "horses", {"size": 64}, 16),
-    ("lfw_parts", "train", "parts", {"size": 64}, 16),
-    ("bsds500", "train", "denoise", {"patch": 64}, 16),
-    ("celeba", "train", "inpaint", {"size": 64}, 16),
-]
+from pipelines.params import load_params
+from pipelines.worker import train_loader
 
 
-def measure(dest: str, split: str, task: str, kw: dict, batch: int, workers: int, seconds: float) -> tuple[float, int]:
+def measure(exp: dict, dest: str, workers: int, seconds: float) -> float:
+    """Samples/s of the experiment's training loader over ``seconds`` (whole epochs, restarted as needed)."""
+    exp = {**exp, "data": {**exp["data"], "num_workers": workers}}
     n, epoch, start = 0, 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        loader = make_loader(dest, split, task, batch, train=split == "train", num_workers=workers,
-                             epoch=epoch, drop_last=False, **kw)
-        for b in loader:
-            n += len(b["key"])
+        for batch in train_loader(exp, dest, epoch=epoch):
+            n += len(batch["key"])
         epoch += 1
-    return n / (time.perf_counter() - start), n
+    return n / (time.perf_counter() - start)
+
+
+def consumed(metrics_dir: Path, name: str) -> float | None:
+    """The samples/s a finished training run of ``name`` reported, if there is one."""
+    path = metrics_dir / f"{name}.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("samples_per_s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", help="folder holding <dataset>/manifest.json (default: fresh demo sets)")
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data", default="data/shards", help="folder holding <dataset>/manifest.json")
+    parser.add_argument("--experiments", nargs="+", help="default: every experiment in the params file")
+    parser.add_argument("--metrics", default="metrics/train", help="folder of cnf train's <experiment>.json")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0])
     parser.add_argument("--seconds", type=float, default=4.0)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    params = load_params(args.params)
+    names = args.experiments or sorted(params.experiments)
     tmp = None
-    root = args.data
-    if root is None:
-        tmp = tempfile.TemporaryDirectory(prefix="loader-bench-")
-        root = tmp.name
-    print(f"cores: {os.cpu_count()}, torch threads: 1, {args.seconds:.0f} s per row\n")
-    print("| dataset | split | task | options | batch | workers | samples/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for name, split, task, kw, batch in CASES:
-        dest = os.path.join(root, name)
+    print(f"cores: {os.cpu_count()}, torch threads: 1, {args.seconds:.0f} s per row, params: {args.params}\n")
+    print("| experiment | dataset | options | batch | loader workers | loader samples/s | train samples/s | margin |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name in names:
+        exp = params.experiment(name).to_dict()
+        data = exp["data"]
+        dest = os.path.join(args.data, data["dataset"])
         if not os.path.exists(os.path.join(dest, "manifest.json")):
-            fetch.fetch(name, "demo", dest)
+            if tmp is None:
+                tmp = tempfile.TemporaryDirectory(prefix="loader-bench-")
+            dest = os.path.join(tmp.name, data["dataset"])
+            if not os.path.exists(os.path.join(dest, "manifest.json")):
+                fetch.fetch(data["dataset"], "demo", dest)
+        options = {k: data[k] for k in ("patch", "size", "pad_multiple") if data.get(k)}
+        options.update(data.get("options") or {})
+        shown = ", ".join(f"{k}={v}" for k, v in options.items()) or "-"
+        train_rate = consumed(Path(args.metrics), name)
         for workers in args.workers:
-            rate, _ = measure(dest, split, task, kw, batch, workers, args.seconds)
-            options = ", ".join(f"{k}={v}" for k, v in kw.items()) or "-"
-            print(f"| {name} | {split} | {task} | {options} | {batch} | {workers} | {rate:.0f} |", flush=True)
+            rate = measure(exp, dest, workers, args.seconds)
+            margin = f"{rate / train_rate:.1f}x" if train_rate else "-"
+            train_shown = f"{train_rate:.1f}" if train_rate else "-"
+            print(f"| {name} | {data['dataset']} | {shown} | {exp['train']['batch_size']} | {workers} | {rate:.0f} "
+                  f"| {train_shown} | {margin} |", flush=True)
     if tmp is not None:
         tmp.cleanup()
 

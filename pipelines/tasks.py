@@ -180,8 +180,9 @@ def pad_to_multiple(array: np.ndarray, multiple: int, value: float = 0.0) -> np.
     ph, pw = (-h) % multiple, (-w) % multiple
     if not ph and not pw:
         return array
-    pad = [(0, ph), (0, pw)] + [(0, 0)] * (array.ndim - 2)
-    return np.pad(array, pad, mode="constant", constant_values=value)
+    out = np.full((h + ph, w + pw) + array.shape[2:], value, dtype=array.dtype)
+    out[:h, :w] = array
+    return out
 
 
 def make_input(task: Task, y: np.ndarray, mask: np.ndarray, stored_x: np.ndarray | None, *, key: str,

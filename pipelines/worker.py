@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -150,6 +150,21 @@ def _wait_until_committed() -> None:
     wait(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
 
 
+def train_loader(exp: Mapping, data_dir: str, *, rank: int = 0, world_size: int = 1, epoch: int = 0):
+    """The training batches rank ``rank`` of ``world_size`` reads in ``epoch`` for ``exp`` (``to_dict()`` form).
+
+    The one place the experiment's data section becomes loader options; benchmarks/loader_throughput.py
+    measures this same loader.
+    """
+    from pipelines.loader import make_loader
+
+    train, data = exp["train"], exp["data"]
+    return make_loader(data_dir, data["train_split"], exp["task"], batch_size=train["batch_size"] // world_size,
+                       train=True, rank=rank, world_size=world_size, num_workers=data["num_workers"],
+                       seed=train["seed"], epoch=epoch, patch=data["patch"], pad_multiple=data["pad_multiple"],
+                       **({"size": data["size"]} if data.get("size") else {}), **(data.get("options") or {}))
+
+
 def train_loop_per_worker(config: dict) -> dict:
     """Ray Train entry point: one rank of the data-parallel fit of ``config["experiment"]``."""
     import ray.train
@@ -157,8 +172,6 @@ def train_loop_per_worker(config: dict) -> dict:
 
     from flowlib.checkpoint import save_checkpoint
     from flowlib.models import build_model
-    from pipelines.loader import make_loader
-
     exp = config["experiment"]
     train, data, scaling, model_cfg = exp["train"], exp["data"], exp["scaling"], dict(exp["model"])
     ctx = ray.train.get_context()
@@ -172,10 +185,7 @@ def train_loop_per_worker(config: dict) -> dict:
     torch.set_num_threads(max(1, int(scaling.get("cpus_per_worker") or 1)))
 
     def make(epoch: int):
-        return make_loader(config["data_dir"], data["train_split"], exp["task"], batch_size=local_batch, train=True,
-                           rank=rank, world_size=world_size, num_workers=data["num_workers"],
-                           seed=train["seed"], epoch=epoch, patch=data["patch"], pad_multiple=data["pad_multiple"],
-                           **({"size": data["size"]} if data.get("size") else {}), **(data.get("options") or {}))
+        return train_loader(exp, config["data_dir"], rank=rank, world_size=world_size, epoch=epoch)
 
     # --- resume state (Ray hands every rank the latest reported checkpoint after a restart or a rerun)
     checkpoint = ray.train.get_checkpoint()

@@ -84,6 +84,40 @@ def test_drive_augment_is_joint():
     assert not np.array_equal(out["y"], y)
 
 
+def test_drive_augment_into_a_patch_is_the_crop_of_the_whole_warp():
+    """Warping straight into a patch around a centre equals warping the image and cropping that patch."""
+    image = np.random.default_rng(1).random((41, 45, 3)).astype(np.float32)
+    label = (image[..., :1] > 0.5).astype(np.float32)
+    arrays = {"x": image, "y": label}
+    whole = drive_augment(arrays, np.random.default_rng(7), discrete={"y"}, center=(20, 22))
+    patch = drive_augment(arrays, np.random.default_rng(7), discrete={"y"}, out_shape=(21, 25), center=(20, 22))
+    assert patch["x"].shape == (21, 25, 3) and patch["y"].shape == (21, 25, 1)
+    np.testing.assert_allclose(patch["x"], whole["x"][10:31, 10:35], atol=1e-6)
+    np.testing.assert_array_equal(patch["y"], whole["y"][10:31, 10:35])
+    with pytest.raises(ValueError, match="'y' is"):
+        drive_augment({"x": image, "y": label[:40]}, np.random.default_rng(0), discrete={"y"})
+
+
+def test_drive_augment_matches_scipy_affine_transform():
+    """The warp is the affine map scipy.ndimage.affine_transform applies (an independent reference)."""
+    from scipy import ndimage
+
+    image = np.random.default_rng(2).random((50, 60, 1)).astype(np.float32)
+    out = drive_augment({"x": image}, np.random.default_rng(3), discrete=set(), out_shape=(30, 40), center=(24, 31))
+    rng = np.random.default_rng(3)  # the same draws, in the same order
+    theta, scale, shear = np.deg2rad(rng.uniform(0, 360)), rng.uniform(0.8, 1.2), np.deg2rad(rng.normal(0, 10))
+    rotation = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    inverse = np.linalg.inv(rotation @ np.diag([scale, scale]) @ np.array([[1, np.tan(shear)], [0, 1]]))
+    offset = np.array([24, 31]) - inverse @ np.array([14.5, 19.5])
+    reference = ndimage.affine_transform(image[..., 0], inverse, offset=offset, output_shape=(30, 40), order=1,
+                                         mode="constant", cval=0.0)
+    rows, cols = np.mgrid[0:30, 0:40]
+    source = np.einsum("ij,jhw->ihw", inverse, np.stack([rows, cols])) + offset[:, None, None]
+    inside = (source[0] > 1) & (source[0] < 48) & (source[1] > 1) & (source[1] < 58)  # away from the border
+    assert inside.mean() > 0.3
+    np.testing.assert_allclose(out["x"][..., 0][inside], reference[inside], atol=1e-5)
+
+
 def test_inpaint_and_denoise_inputs(demo_root):
     batch = next(iter(make_loader(str(demo_root / "celeba"), "test", "inpaint", 2, train=False, size=16)))
     assert batch["mask"][0, 0].sum() == 64 and torch.all(batch["x"][:, :, 4:12, 4:12] == 0)
