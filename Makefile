@@ -16,16 +16,23 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 # One local Ray instance serves every training stage (Ray's start-up dominates short runs); an existing
-# cluster is used as is when RAY_ADDRESS is set.
+# cluster is used as is when RAY_ADDRESS is set. The head runs as `ray start --block`, so stopping it (SIGTERM
+# on exit, Ctrl-C included) shuts down this instance only, not other Ray sessions on the machine.
 repro: setup
 	@set -e; export PATH="$(CURDIR)/$(BIN):$$PATH"; \
 	if [ -z "$$RAY_ADDRESS" ]; then \
 	  export RAY_AUTH_MODE=disabled; \
 	  port=$$(python -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"); \
-	  ray start --head --node-ip-address 127.0.0.1 --port $$port --num-cpus $$(nproc) \
-	    --include-dashboard=false --disable-usage-stats > .ray-head.log 2>&1 \
-	    || { cat .ray-head.log; exit 1; }; \
-	  trap 'ray stop --force > /dev/null 2>&1 || true' EXIT; \
+	  ray start --head --block --node-ip-address 127.0.0.1 --port $$port --num-cpus $$(nproc) \
+	    --include-dashboard=false --disable-usage-stats > .ray-head.log 2>&1 & ray_pid=$$!; \
+	  trap 'kill -TERM $$ray_pid 2>/dev/null; wait $$ray_pid 2>/dev/null || true' EXIT; \
+	  trap 'exit 130' INT TERM; \
+	  for i in $$(seq 120); do \
+	    grep -q "Ray runtime started" .ray-head.log && break; \
+	    kill -0 $$ray_pid 2>/dev/null || { cat .ray-head.log; echo "ray start failed" >&2; exit 1; }; \
+	    sleep 0.5; \
+	  done; \
+	  grep -q "Ray runtime started" .ray-head.log || { cat .ray-head.log; echo "ray start: no head after 60 s" >&2; exit 1; }; \
 	  export RAY_ADDRESS=127.0.0.1:$$port; \
 	fi; \
 	dvc repro

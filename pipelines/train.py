@@ -12,7 +12,9 @@ latest checkpoint to ``ray.train.get_checkpoint()`` in every worker; ``FailureCo
 worker group from it in the same way. Each checkpoint is committed (registered by the Train controller) before the
 workers train on, so either kind of crash loses at most one ``train.checkpoint_every`` interval. The MLflow run
 id is kept in ``<state-dir>/mlflow_run_id`` (written atomically), so a rerun after the driver was killed continues
-the same step counter in the same MLflow run. ``--fresh`` discards both and starts over.
+the same step counter in the same MLflow run. ``--fresh`` discards both and starts over. A stored run is
+resumed only if it was trained with the same config, dataset (manifest hash) and training code
+(``TRAINING_CODE``); otherwise the run starts fresh, so ``dvc repro`` after such a change retrains.
 """
 from __future__ import annotations
 
@@ -29,6 +31,9 @@ from pathlib import Path
 
 RUN_ID_FILE = "mlflow_run_id"
 CONFIG_FILE = "config_sha256"  # what the checkpoints in <storage>/<experiment> were trained with
+# The code that decides what a checkpoint holds: the models and the training batches (not logging, not the
+# driver). A change here makes a stored run stale, like a changed config or dataset.
+TRAINING_CODE = ("flowlib", "pipelines/worker.py", "pipelines/loader.py", "pipelines/tasks.py")
 # Environment a worker on a remote cluster needs to reach the same services (no secrets: configure those on
 # the cluster itself).
 _FORWARD_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
@@ -62,7 +67,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="CPUs for a local Ray instance (default: what the workers need, at least all cores)")
     parser.add_argument("--fresh", action="store_true",
                         help="discard a previous run's checkpoints and MLflow run id instead of resuming")
+    parser.add_argument("--resume-any-code", action="store_true",
+                        help="resume a stored run even if the training code (flowlib, loader, tasks, worker) "
+                             "changed since it was trained (by default that starts fresh)")
     parser.add_argument("--no-samples", action="store_true", help="skip the sample grids logged to MLflow")
+
+
+def code_fingerprint(root: Path | None = None, paths: tuple[str, ...] = TRAINING_CODE) -> str:
+    """sha256 over the ``*.py`` files of ``paths`` (files or packages, relative to ``root``), names included.
+
+    ``root`` defaults to the folder holding the installed ``flowlib`` and ``pipelines`` packages.
+    """
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for rel in paths:
+        base = root / rel
+        if not base.exists():
+            raise FileNotFoundError(f"code_fingerprint: {base} does not exist")
+        files = [base] if base.is_file() else sorted(base.rglob("*.py"))
+        for path in files:
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def _abs(path: str | os.PathLike) -> str:
@@ -102,17 +127,31 @@ def git_commit() -> str:
         return "unknown"
 
 
-def manifest_sha256(data_dir: str) -> str:
-    """sha256 of ``<data_dir>/manifest.json``; raises a clear error when the dataset was never fetched."""
+def _manifest_bytes(data_dir: str) -> bytes:
     from pipelines import storage
 
     uri = storage.join(data_dir, "manifest.json")
     try:
-        data = storage.get_bytes(uri) if storage.is_s3(data_dir) else Path(uri).read_bytes()
+        return storage.get_bytes(uri) if storage.is_s3(data_dir) else Path(uri).read_bytes()
     except (FileNotFoundError, OSError, Exception) as exc:
         raise FileNotFoundError(f"no dataset at {data_dir} ({uri} unreadable: {exc}); fetch it first, e.g. "
                                 f"`cnf fetch <dataset> --source demo --out {data_dir}`") from None
-    return hashlib.sha256(data).hexdigest()
+
+
+def manifest_sha256(data_dir: str) -> str:
+    """sha256 of ``<data_dir>/manifest.json``; raises a clear error when the dataset was never fetched."""
+    return hashlib.sha256(_manifest_bytes(data_dir)).hexdigest()
+
+
+def data_fingerprint(data_dir: str) -> str:
+    """sha256 of what the shards hold: the manifest's dataset and splits (every shard's sha256 and count).
+
+    Unlike ``manifest_sha256`` it ignores where the release was fetched from, so the same archive fetched
+    from another path or bucket is the same data.
+    """
+    manifest = json.loads(_manifest_bytes(data_dir))
+    content = {"dataset": manifest.get("dataset"), "splits": manifest.get("splits")}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def _read_run_id(state_dir: Path) -> str | None:
@@ -238,7 +277,7 @@ def sample_grids(model, batch: dict, target: str, temperatures, out_dir: Path, n
 
 def train_experiment(exp, params, *, data_dir: str, storage: str, state_dir: Path, model_out: Path,
                      metrics_out: Path, num_cpus: int | None = None, fresh: bool = False, samples: bool = True,
-                     t_start: float | None = None) -> dict:
+                     t_start: float | None = None, resume_any_code: bool = False) -> dict:
     """Fit ``exp`` (an ``ExperimentParams``) with Ray Train; returns the metrics dict also written to ``metrics_out``."""
     import yaml
 
@@ -254,19 +293,27 @@ def train_experiment(exp, params, *, data_dir: str, storage: str, state_dir: Pat
     data_sha = manifest_sha256(data_dir)
 
     run_dir = storage.rstrip("/") + "/" + exp.name
-    # Resuming is only sound for the same model, data and optimiser: more steps may continue a finished run,
-    # but a changed config (e.g. a DVC rerun after editing params.yaml) must start over.
+    # Resuming is only sound for the same model, data, optimiser and training code: more steps may continue a
+    # finished run, but a changed config (e.g. a DVC rerun after editing params.yaml), dataset or model/loader
+    # code must start over, or the stage would report a model the current code and data never produced.
     resume_key = {k: v for k, v in experiment.items() if k not in ("eval", "sweep", "scaling", "description", "table")}
     resume_key["train"] = {k: v for k, v in experiment["train"].items()
                            if k not in ("steps", "checkpoint_every", "log_every", "fail_at_step", "max_nonfinite")}
+    resume_key["data"] = {**resume_key["data"], "content_sha256": data_fingerprint(data_dir)}
     config_sha = hashlib.sha256(json.dumps(resume_key, sort_keys=True).encode()).hexdigest()
+    code_sha = code_fingerprint()
     try:
-        previous_sha = (state_dir / CONFIG_FILE).read_text().strip()
+        stored = (state_dir / CONFIG_FILE).read_text().split()
     except FileNotFoundError:
-        previous_sha = None
-    if previous_sha is not None and previous_sha != config_sha and not fresh:
-        print(f"[{exp.name}] configuration changed since the stored run: starting fresh", flush=True)
-        fresh = True
+        stored = None
+    if stored is not None and not fresh:
+        if not stored or stored[0] != config_sha:
+            print(f"[{exp.name}] configuration or dataset changed since the stored run: starting fresh", flush=True)
+            fresh = True
+        elif stored[1:2] != [code_sha] and not resume_any_code:
+            print(f"[{exp.name}] training code ({', '.join(TRAINING_CODE)}) changed since the stored run: "
+                  "starting fresh (--resume-any-code continues it instead)", flush=True)
+            fresh = True
     if fresh:
         if "://" not in storage:
             if Path(run_dir).exists():
@@ -280,7 +327,7 @@ def train_experiment(exp, params, *, data_dir: str, storage: str, state_dir: Pat
         (state_dir / RUN_ID_FILE).unlink(missing_ok=True)
         (state_dir / "fail_at_step.done").unlink(missing_ok=True)
     state_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(state_dir / CONFIG_FILE, config_sha + "\n")
+    _write_atomic(state_dir / CONFIG_FILE, f"{config_sha}\n{code_sha}\n")
 
     # MLflow: one run per experiment, reopened on a rerun; rank 0 logs per-step metrics into it.
     exp_name = tracking.experiment_name(exp.paper, params.mlflow.experiment_prefix)
@@ -411,7 +458,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         out = train_experiment(exp, params, data_dir=data_dir, storage=storage, state_dir=state_dir,
                                model_out=model_out, metrics_out=metrics_out, num_cpus=args.num_cpus,
-                               fresh=args.fresh, samples=not args.no_samples, t_start=t_start)
+                               fresh=args.fresh, samples=not args.no_samples, t_start=t_start,
+                               resume_any_code=args.resume_any_code)
     except (FileNotFoundError, RayConnectError) as exc:
         print(f"cnf train {exp.name}: {exc}", file=sys.stderr)
         return 1

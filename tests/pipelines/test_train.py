@@ -149,12 +149,21 @@ def test_driver_sigkill_then_rerun_resumes_same_step_counter_and_mlflow_run(tmp_
     logged = {m.step for m in c.get_metric_history(first_run_id, "train_nll")}
     assert target in logged and seen in logged, sorted(logged)
 
-    # Rerunning a finished run (what `dvc repro` does after a code change) trains nothing and reports what the
-    # run ended with, instead of losing the final figures.
+    # Rerunning a finished run with the same config, data and code (`dvc repro` after, say, an evaluation-only
+    # change) trains nothing and reports what the run ended with, instead of losing the final figures.
     again, _ = cnf_train(tmp_path, shards, f"train.steps={target}", "train.checkpoint_every=4")
     assert again["resumed_from_step"] == target and again["mlflow_run_id"] == first_run_id
     assert again["final_train_bpd"] == pytest.approx(metrics["final_train_bpd"])
     assert again["samples_per_s"] == pytest.approx(metrics["samples_per_s"])
+
+    # Other shards (the same samples re-fetched two per tar) are other data: the stored run is stale, so the
+    # rerun starts fresh, in a new MLflow run, instead of reporting a model these shards never trained.
+    resharded = tmp_path / "resharded" / "drive"
+    subprocess.run([CNF, "fetch", "drive", "--source", "demo", "--out", str(resharded), "--shard-size", "2"],
+                   check=True, capture_output=True)
+    fresh, log = cnf_train(tmp_path, resharded, "train.steps=4", "train.checkpoint_every=4")
+    assert "dataset changed since the stored run: starting fresh" in log, log[-3000:]
+    assert fresh["resumed_from_step"] == 0 and fresh["steps"] == 4 and fresh["mlflow_run_id"] != first_run_id
 
 
 def test_killed_worker_is_restarted_from_the_last_checkpoint(tmp_path, shards):
@@ -181,3 +190,34 @@ def test_token_auth_is_enabled_for_an_explicit_address_on_this_machine_only(tmp_
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     _token_auth_for_local_cluster("localhost:6379")
     assert os.environ["RAY_AUTH_MODE"] == "disabled"  # an explicit choice stands
+
+
+def test_resume_fingerprints_see_content_not_location(tmp_path, shards):
+    """What decides whether a stored run may be resumed: shard content (not the source path) and the code."""
+    import shutil
+
+    from pipelines.train import TRAINING_CODE, code_fingerprint, data_fingerprint
+
+    moved = tmp_path / "moved"
+    shutil.copytree(shards, moved)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["source"] = "s3://elsewhere/drive.zip"
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    assert data_fingerprint(str(moved)) == data_fingerprint(str(shards))
+    manifest["splits"]["train"]["count"] += 1
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    assert data_fingerprint(str(moved)) != data_fingerprint(str(shards))
+
+    code = tmp_path / "code"
+    for rel in TRAINING_CODE:
+        src, dst = ROOT / rel, code / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dst)
+    assert code_fingerprint(code) == code_fingerprint(ROOT) == code_fingerprint()
+    (code / "flowlib" / "coupling.py").write_text((code / "flowlib" / "coupling.py").read_text() + "\n# edit\n")
+    assert code_fingerprint(code) != code_fingerprint(ROOT)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        code_fingerprint(tmp_path / "nowhere")
