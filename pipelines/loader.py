@@ -217,27 +217,45 @@ class ShardSamples(IterableDataset):
     """The samples of one split that this rank (and, inside it, this loader worker) reads, processed."""
 
     def __init__(self, dest: str, split: str, task: tasks.Task, *, train: bool, rank: int, world_size: int,
-                 seed: int, epoch: int, **process_kw):
+                 seed: int, epoch: int, endless: bool = False, **process_kw):
         self.dest, self.split, self.task, self.train = str(dest), split, task, train
-        self.seed, self.epoch, self.rank, self.process_kw = seed, epoch, rank, process_kw
+        self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
+        self.endless, self.process_kw = endless, process_kw
         self.manifest = shards.read_manifest(self.dest)
         self.shards = shards.shard_uris(self.dest, split, self.manifest)
         self.offsets = np.cumsum([0] + [count for _, count in self.shards])
         self.indices = assign_indices(int(self.offsets[-1]), rank, world_size, seed, epoch, train)
 
     def __len__(self) -> int:
+        """Samples per epoch for this rank."""
         return len(self.indices)
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        mine = np.sort(self.indices[worker::workers]) if not self.train else self.indices[worker::workers]
+        epoch = self.epoch
+        while True:
+            indices = self.indices if epoch == self.epoch else assign_indices(
+                int(self.offsets[-1]), self.rank, self.world_size, self.seed, epoch, self.train)
+            mine = np.sort(indices[worker::workers]) if not self.train else indices[worker::workers]
+            if not len(mine):
+                return
+            for sample in self._epoch(mine, epoch, worker):
+                if self.endless:
+                    sample["epoch"] = epoch
+                yield sample
+            if not self.endless:
+                return
+            epoch += 1
+
+    def _epoch(self, mine: np.ndarray, epoch: int, worker: int) -> Iterator[dict]:
+        """This worker's samples ``mine`` (global indices) of ``epoch``, processed."""
         by_shard: dict[int, set[int]] = {}
         for index in mine:
             shard = int(np.searchsorted(self.offsets, index, side="right") - 1)
             by_shard.setdefault(shard, set()).add(int(index - self.offsets[shard]))
         order = sorted(by_shard)
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
+        rng = np.random.default_rng([self.seed, epoch, self.rank, worker])
         if self.train:
             rng.shuffle(order)
         for shard in order:
@@ -253,15 +271,17 @@ class ShardSamples(IterableDataset):
             if self.train:
                 rng.shuffle(picked)
             for raw in picked:
-                yield process_sample(raw, self.task, train=self.train, seed=self.seed, epoch=self.epoch,
+                yield process_sample(raw, self.task, train=self.train, seed=self.seed, epoch=epoch,
                                      **self.process_kw)
 
 
 def collate(samples: list[dict]) -> dict:
     """Stack samples into tensors; differently sized samples name their keys (use size, patch or batch 1)."""
     out: dict[str, Any] = {"key": [s["key"] for s in samples]}
+    if "epoch" in samples[0]:
+        out["epoch"] = [s["epoch"] for s in samples]
     for name in samples[0]:
-        if name == "key":
+        if name in ("key", "epoch"):
             continue
         shapes = {s[name].shape for s in samples}
         if len(shapes) > 1:
@@ -274,12 +294,17 @@ def collate(samples: list[dict]) -> dict:
 def make_loader(dest: str, split: str, task: str, batch_size: int, train: bool, rank: int = 0,
                 world_size: int = 1, num_workers: int = 0, seed: int = 0, epoch: int = 0,
                 patch: int | None = None, size: int | None = None, pad_multiple: int | None = None,
-                augment: bool | None = None, drop_last: bool | None = None, **options) -> DataLoader:
+                augment: bool | None = None, drop_last: bool | None = None, endless: bool = False,
+                **options) -> DataLoader:
     """A DataLoader over ``dest``'s ``split`` for ``task``, yielding {"x", "y", "mask", "key"} batches.
 
     ``options`` override the task's fields (``noise_sigma``, ``block_fraction``, ``scale``). Training drops
     the last partial batch by default (equal step counts per rank); evaluation keeps everything in order.
     Batches of parts also carry ``superpixels`` (B, 1, H, W) when the shards have them.
+
+    ``endless``: one loader for epoch ``epoch``, ``epoch + 1``, ... without end, each epoch drawn as a fresh
+    loader would draw it; batches carry ``"epoch"`` (per sample) and may span an epoch boundary. Its loader
+    workers start once instead of once per epoch, which matters for small splits (DRIVE: 10 steps an epoch).
     """
     spec = tasks.get_task(task)
     fields = {f.name for f in dataclasses.fields(spec)} - {"name", "target"}
@@ -288,7 +313,8 @@ def make_loader(dest: str, split: str, task: str, batch_size: int, train: bool, 
         raise TypeError(f"make_loader: unknown task option(s) {unknown} for task {task!r}; known: {sorted(fields)}")
     spec = dataclasses.replace(spec, **options)
     dataset = ShardSamples(dest, split, spec, train=train, rank=rank, world_size=world_size, seed=seed,
-                           epoch=epoch, patch=patch, size=size, pad_multiple=pad_multiple, augment=augment)
+                           epoch=epoch, endless=endless, patch=patch, size=size, pad_multiple=pad_multiple,
+                           augment=augment)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
                         drop_last=train if drop_last is None else drop_last,
                         persistent_workers=False, multiprocessing_context="fork" if num_workers else None)

@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -82,18 +82,12 @@ def train_step(objective: nn.Module, optimizer: torch.optim.Optimizer, y: torch.
     return StepResult(loss=value, bpd=value / (num_dims * LN2), grad_norm=float(grad_norm), finite=finite)
 
 
-def batches(make: Callable[[int], Any], start_epoch: int = 0) -> Iterator[tuple[int, dict]]:
-    """Endless ``(epoch, batch)`` stream over ``make(epoch)`` (a fresh, epoch-seeded loader per epoch)."""
-    epoch = start_epoch
-    while True:
-        empty = True
-        for batch in make(epoch):
-            empty = False
-            yield epoch, batch
-        if empty:
-            raise RuntimeError(f"the training loader yielded no batch in epoch {epoch}: is the split empty, or "
-                               "smaller than the per-worker batch size?")
-        epoch += 1
+def batches(loader: Iterable[dict]) -> Iterator[tuple[int, dict]]:
+    """``(epoch, batch)`` from an endless training loader (``make_loader(..., endless=True)``)."""
+    for batch in loader:
+        yield max(batch["epoch"]), batch
+    raise RuntimeError("the training loader ran out of batches (an endless one never does): is the split "
+                       "empty for this rank (no batch)?")
 
 
 def seed_everything(seed: int) -> None:
@@ -151,7 +145,8 @@ def _wait_until_committed() -> None:
 
 
 def train_loader(exp: Mapping, data_dir: str, *, rank: int = 0, world_size: int = 1, epoch: int = 0):
-    """The training batches rank ``rank`` of ``world_size`` reads in ``epoch`` for ``exp`` (``to_dict()`` form).
+    """The endless training batches of rank ``rank`` of ``world_size`` for ``exp`` (``to_dict()`` form), from
+    ``epoch`` on.
 
     The one place the experiment's data section becomes loader options; benchmarks/loader_throughput.py
     measures this same loader.
@@ -162,7 +157,8 @@ def train_loader(exp: Mapping, data_dir: str, *, rank: int = 0, world_size: int 
     return make_loader(data_dir, data["train_split"], exp["task"], batch_size=train["batch_size"] // world_size,
                        train=True, rank=rank, world_size=world_size, num_workers=data["num_workers"],
                        seed=train["seed"], epoch=epoch, patch=data["patch"], pad_multiple=data["pad_multiple"],
-                       **({"size": data["size"]} if data.get("size") else {}), **(data.get("options") or {}))
+                       endless=True, **({"size": data["size"]} if data.get("size") else {}),
+                       **(data.get("options") or {}))
 
 
 def train_loop_per_worker(config: dict) -> dict:
@@ -184,9 +180,6 @@ def train_loop_per_worker(config: dict) -> dict:
     run_id = config.get("mlflow_run_id") if rank == 0 else None
     torch.set_num_threads(max(1, int(scaling.get("cpus_per_worker") or 1)))
 
-    def make(epoch: int):
-        return train_loader(exp, config["data_dir"], rank=rank, world_size=world_size, epoch=epoch)
-
     # --- resume state (Ray hands every rank the latest reported checkpoint after a restart or a rerun)
     checkpoint = ray.train.get_checkpoint()
     state = None
@@ -200,7 +193,7 @@ def train_loop_per_worker(config: dict) -> dict:
     if state and rank == 0 and state.get("rng") is not None:
         set_rng_state(state["rng"])
 
-    stream = batches(make, start_epoch)
+    stream = batches(train_loader(exp, config["data_dir"], rank=rank, world_size=world_size, epoch=start_epoch))
     epoch, first = next(stream)
     y0, x0 = _to_device(first, device)
     family = model_cfg.pop("family")

@@ -74,6 +74,22 @@ def test_drive_batches_augmentation_and_padding(demo_root):
     assert plain["key"] == ["01", "02"]
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_endless_loader_draws_each_epoch_as_a_fresh_loader_would(demo_root, workers):
+    """One endless loader (workers started once) = the per-epoch loaders back to back, crops and all."""
+    dest = str(demo_root / "drive")
+    kw = dict(train=True, patch=16, num_workers=workers, seed=5)
+    endless = iter(make_loader(dest, "train", "vessel", 1, epoch=3, endless=True, **kw))
+    per_epoch = len(make_loader(dest, "train", "vessel", 1, epoch=3, **kw).dataset)
+    got = [next(endless) for _ in range(3 * per_epoch)]
+    for e in (3, 4, 5):
+        fresh = {b["key"][0]: b["y"] for b in make_loader(dest, "train", "vessel", 1, epoch=e, **kw)}
+        mine = [b for b in got if b["epoch"] == [e]]
+        assert sorted(b["key"][0] for b in mine) == sorted(fresh)  # every sample once per epoch
+        for b in mine:
+            assert torch.equal(b["y"], fresh[b["key"][0]])  # the same epoch-seeded augmentation
+
+
 def test_drive_augment_is_joint():
     rng = np.random.default_rng(0)
     y = np.zeros((41, 41, 1), np.float32)

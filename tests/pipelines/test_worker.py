@@ -93,14 +93,14 @@ def test_gradient_clipping_bounds_the_update_norm():
     assert (after - before).norm() == pytest.approx(0.5, rel=1e-4)
 
 
-def test_batches_cycles_epochs_and_rejects_an_empty_split():
-    seen = []
-    stream = batches(lambda e: iter([{"e": e, "i": 0}, {"e": e, "i": 1}]), start_epoch=3)
-    for _ in range(5):
-        seen.append(next(stream))
-    assert [e for e, _ in seen] == [3, 3, 4, 4, 5]
+def test_batches_reads_the_epoch_of_each_batch_and_rejects_an_empty_loader():
+    loader = [{"epoch": [3, 3], "i": 0}, {"epoch": [3, 4], "i": 1}, {"epoch": [4, 4], "i": 2}]
+    stream = batches(loader)
+    assert [(e, b["i"]) for e, b in (next(stream) for _ in range(3))] == [(3, 0), (4, 1), (4, 2)]
+    with pytest.raises(RuntimeError, match="no batch"):  # an endless loader never ends; one that does is broken
+        next(stream)
     with pytest.raises(RuntimeError, match="no batch"):
-        next(batches(lambda e: iter([])))
+        next(batches([]))
 
 
 def test_warmup_schedule():
