@@ -168,24 +168,12 @@ def process_sample(raw: dict[str, bytes], task: tasks.Task, *, train: bool, seed
     elif x is None:
         raise shards.ShardError(f"{key}: task {task.name!r} needs input.png in the sample")
 
-    # Padding (Winkler et al. 2019, App. A: DRIVE padded for the squeeze layers; tasks.pad_to_multiple) happens
-    # in the HWC -> CHW copy, one allocation per array.
+    # Zero padding for the squeeze layers (Winkler et al. 2019, App. A: DRIVE), done in the HWC -> CHW copy.
     lr_multiple = pad_multiple if pad_multiple and pad_multiple > 1 else 1
     hr_multiple = lr_multiple * scale if task.name == "sr" else lr_multiple
-    out = {"x": _chw_padded(x, lr_multiple), "y": _chw_padded(y, hr_multiple),
-           "mask": _chw_padded(mask, hr_multiple), "key": key}
-    out.update({k: _chw_padded(v, hr_multiple) for k, v in extras.items()})
-    return out
-
-
-def _chw_padded(array: np.ndarray, multiple: int) -> np.ndarray:
-    """(H, W, C) -> contiguous float32 (C, H', W'), zero-padded bottom/right to multiples of ``multiple``.
-
-    The same result as ``tasks.pad_to_multiple`` then a transpose, without the padded intermediate.
-    """
-    h, w, c = array.shape
-    out = np.zeros((c, h + (-h) % multiple, w + (-w) % multiple), np.float32)
-    out[:, :h, :w] = array.transpose(2, 0, 1)
+    out = {"x": tasks.pad_to_multiple(x, lr_multiple), "y": tasks.pad_to_multiple(y, hr_multiple),
+           "mask": tasks.pad_to_multiple(mask, hr_multiple), "key": key}
+    out.update({k: tasks.pad_to_multiple(v, hr_multiple) for k, v in extras.items()})
     return out
 
 

@@ -168,20 +168,18 @@ def central_block_mask(height: int, width: int, fraction: float = 0.5) -> np.nda
     return mask
 
 
-def pad_to_multiple(array: np.ndarray, multiple: int, value: float = 0.0) -> np.ndarray:
-    """Pad an (H, W, ...) array at the bottom/right so H and W are multiples of ``multiple``.
+def pad_to_multiple(array: np.ndarray, multiple: int) -> np.ndarray:
+    """An (H, W, C) array as contiguous float32 (C, H', W'), zero-padded bottom/right to multiples of ``multiple``.
 
     The squeeze layers halve H and W once per level, so a flow with L levels needs multiples of 2^L; DRIVE's
-    565x584 pads to 568x584 for L = 2 (padded pixels lie outside the FOV mask and are never scored).
+    565x584 pads to 568x584 for L = 2 (padded pixels lie outside the FOV mask and are never scored). The
+    padding happens in the HWC -> CHW copy the model input needs anyway: one allocation, no padded
+    intermediate.
     """
-    if not multiple or multiple <= 1:
-        return array
-    h, w = array.shape[:2]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if not ph and not pw:
-        return array
-    out = np.full((h + ph, w + pw) + array.shape[2:], value, dtype=array.dtype)
-    out[:h, :w] = array
+    h, w, c = array.shape
+    multiple = max(int(multiple or 1), 1)
+    out = np.zeros((c, h + (-h) % multiple, w + (-w) % multiple), np.float32)
+    out[:, :h, :w] = array.transpose(2, 0, 1)
     return out
 
 

@@ -64,21 +64,12 @@ def test_noise_is_seeded_per_key():
 def test_central_block_and_padding():
     block = tasks.central_block_mask(64, 64, 0.5)
     assert block.sum() == 32 * 32 and block[32, 32] == 1 and block[0, 0] == 0
-    padded = tasks.pad_to_multiple(np.ones((565, 584, 3)), 4)
-    assert padded.shape == (568, 584, 3) and padded[566].sum() == 0
-    array = np.random.default_rng(0).random((5, 7, 2)).astype(np.float32)
-    np.testing.assert_array_equal(tasks.pad_to_multiple(array, 4, value=-1.0),
-                                  np.pad(array, [(0, 3), (0, 1), (0, 0)], constant_values=-1.0))
-
-
-def test_loader_pads_in_the_chw_copy():
-    from pipelines.loader import _chw_padded
-
-    array = np.random.default_rng(1).random((565, 584, 3)).astype(np.float32)
-    out = _chw_padded(array, 8)
-    assert out.flags.c_contiguous and out.dtype == np.float32
-    np.testing.assert_array_equal(out, tasks.pad_to_multiple(array, 8).transpose(2, 0, 1))
-    assert _chw_padded(array, 1).shape == (3, 565, 584)
+    array = np.random.default_rng(1).random((565, 584, 3))
+    padded = tasks.pad_to_multiple(array, 4)
+    assert padded.shape == (3, 568, 584) and padded.dtype == np.float32 and padded.flags.c_contiguous
+    np.testing.assert_array_equal(padded, np.pad(array, [(0, 3), (0, 0), (0, 0)]).transpose(2, 0, 1)
+                                  .astype(np.float32))
+    assert tasks.pad_to_multiple(array, 1).shape == (3, 565, 584)
 
 
 def test_task_targets():
