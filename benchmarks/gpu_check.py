@@ -6,7 +6,7 @@ Two parts, each printing a table:
    and a continuous-target flow gives the same ``log_likelihood`` on CPU and GPU (same weights, same input).
 2. Throughput of the paper configurations (``params-paper.yaml`` model options, the papers' input sizes and
    batch sizes): train steps/s and images/s in float32 and under bf16 autocast (what ``scaling.mixed_precision``
-   does in ``pipelines/worker.py``), peak GPU memory, the relative gap between the bf16 and float32 loss on the
+   does in ``pipelines/training/worker.py``), peak GPU memory, the relative gap between the bf16 and float32 loss on the
    same batch, and what the paper's iteration count would take on one GPU.
 
     python benchmarks/gpu_check.py [--params params-paper.yaml] [--steps 10] [--experiments a,b,...]
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from flowlib.models import build_model  # noqa: E402
 from pipelines.params import load_params  # noqa: E402
 from pipelines.tasks import get_task  # noqa: E402
-from pipelines.worker import NLLObjective, train_step  # noqa: E402
+from pipelines.training.worker import NLLObjective, train_step  # noqa: E402
 
 # The inputs each paper experiment trains on: (y shape, x shape). The shapes come from the data, not params.
 SHAPES = {

@@ -4,7 +4,7 @@
                                            [--workers 0 2] [--seconds 4] [--metrics metrics/train]
 
 One row per experiment and loader-worker count. Each row reads the experiment's training batches through
-``pipelines.worker.train_loader``, the very loader ``cnf train`` builds (patch, size, padding, augmentation and
+``pipelines.training.worker.train_loader``, the very loader ``cnf train`` builds (patch, size, padding, augmentation and
 task options from the params file), for ``--seconds`` of wall time, epoch after epoch. ``train samples/s`` is
 the rate the training run consumed (``samples_per_s`` of ``metrics/train/<experiment>.json``, written by
 ``cnf train``); ``margin`` is the loader's rate over it. The goal is a margin of at least 5x.
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from pipelines import fetch
+from pipelines.stages import fetch
 from pipelines.params import load_params
-from pipelines.worker import train_loader
+from pipelines.training.worker import train_loader
 
 
 def measure(exp: dict, dest: str, workers: int, seconds: float) -> float:

@@ -94,7 +94,7 @@ def run_one(exp: str, steps: int, data_root: Path, work: Path, address: str | No
 
 def main() -> int:
     sys.path.insert(0, str(ROOT))
-    from pipelines import fetch
+    from pipelines.stages import fetch
     from pipelines.params import load_params
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

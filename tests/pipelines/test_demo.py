@@ -1,11 +1,12 @@
-"""pipelines/datasets/demo.py: every dataset has a deterministic demo set with the real set's formats."""
+"""pipelines/data/datasets/demo.py: every dataset has a deterministic demo set with the real set's formats."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipelines import fetch, shards
-from pipelines.datasets import DATASETS, demo
+from pipelines.stages import fetch
+from pipelines.data import shards
+from pipelines.data.datasets import DATASETS, demo
 
 
 def test_every_dataset_has_a_demo():

@@ -8,8 +8,9 @@ import pytest
 import torch
 import yaml
 
-from pipelines import cli, tracking
-from pipelines.evaluate import evaluate_split
+from pipelines.stages import cli
+from pipelines import tracking
+from pipelines.stages.evaluate import evaluate_split
 from pipelines.tasks import get_task
 
 
@@ -31,7 +32,7 @@ def data_root(tmp_path_factory):
 
 
 def loader(root, dataset, task, **kw):
-    from pipelines.loader import make_loader
+    from pipelines.data.loader import make_loader
 
     return make_loader(str(root / dataset), "test", task, batch_size=2, train=False, pad_multiple=4, **kw)
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import fetch, shards, storage
-from pipelines.cli import main
+from pipelines.stages import fetch
+from pipelines.data import shards, storage
+from pipelines.stages.cli import main
 from tests.conftest import shared_archive
 
 
@@ -108,7 +109,7 @@ def test_wrong_count_fails_without_leftovers(tmp_path, capsys):
 
 
 def test_s3_archive_to_s3_shards_and_back_through_the_loader(s3_bucket, tmp_path):
-    from pipelines.loader import make_loader
+    from pipelines.data.loader import make_loader
 
     source = f"s3://{s3_bucket}/releases/Set5.zip"
     storage.put_file(shared_archive("Set5.zip"), source)
@@ -148,7 +149,7 @@ def _save(path: Path, array: np.ndarray) -> Path:
 
 
 def test_imagenet_npz_reader(tmp_path):
-    from pipelines.datasets import get_dataset, readers
+    from pipelines.data.datasets import get_dataset, readers
 
     rng = np.random.default_rng(0)
     folder = tmp_path / "Imagenet32_train_npz"
@@ -169,7 +170,7 @@ def test_imagenet_npz_reader(tmp_path):
 
 
 def test_lfw_parts_reader_maps_colours_to_classes(tmp_path):
-    from pipelines.datasets import get_dataset, readers
+    from pipelines.data.datasets import get_dataset, readers
 
     _save(tmp_path / "lfw_funneled" / "Ann_Bee" / "Ann_Bee_0001.jpg", np.zeros((25, 25, 3), np.uint8))
     gt = np.zeros((25, 25, 3), np.uint8)
@@ -190,7 +191,7 @@ def test_lfw_parts_reader_maps_colours_to_classes(tmp_path):
 
 
 def test_sevenscenes_and_celeba_readers(tmp_path):
-    from pipelines.datasets import get_dataset, readers
+    from pipelines.data.datasets import get_dataset, readers
 
     for scene in ("chess", "fire"):
         depth = np.full((6, 8), 1500, np.uint16)
@@ -218,7 +219,7 @@ def test_interrupted_fetch_leaves_nothing(tmp_path):
 
     source = shared_archive("DRIVE.zip")
     out = tmp_path / "drive"
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "fetch", "drive", "--source", str(source),
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.stages.cli", "fetch", "drive", "--source", str(source),
                              "--out", str(out), "--shard-size", "4"], stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (out.exists() and any(out.iterdir())):

@@ -1,12 +1,13 @@
-"""pipelines/loader.py: DDP/worker sample splitting, augmentation, aligned SR patches, derived inputs."""
+"""pipelines/data/loader.py: DDP/worker sample splitting, augmentation, aligned SR patches, derived inputs."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from pipelines import fetch, tasks
-from pipelines.loader import assign_indices, drive_augment, make_loader
+from pipelines.stages import fetch
+from pipelines import tasks
+from pipelines.data.loader import assign_indices, drive_augment, make_loader
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from pipelines import cli
-from pipelines.score import match_key, predictions_by_key
+from pipelines.stages import cli
+from pipelines.stages.score import match_key, predictions_by_key
 from tests.conftest import shared_archive
 
 

@@ -1,4 +1,4 @@
-"""pipelines/shards.py: deterministic tars, manifest written last, all-or-nothing writes, validation."""
+"""pipelines/data/shards.py: deterministic tars, manifest written last, all-or-nothing writes, validation."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from pipelines import shards, storage
+from pipelines.data import shards, storage
 
 
 def _samples(n: int, prefix: str = "k"):

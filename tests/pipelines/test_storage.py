@@ -1,11 +1,11 @@
-"""pipelines/storage.py on a local folder and on a real loopback S3 server (moto)."""
+"""pipelines/data/storage.py on a local folder and on a real loopback S3 server (moto)."""
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from pipelines import storage
+from pipelines.data import storage
 
 
 def _roundtrip(base: str, tmp_path) -> None:
@@ -60,7 +60,7 @@ def test_s3_errors_name_the_uri(s3_server):
 def test_webdataset_reads_s3_shards_through_boto3(s3_bucket):
     import webdataset as wds
 
-    from pipelines import fetch
+    from pipelines.stages import fetch
 
     dest = f"s3://{s3_bucket}/drive"
     fetch.fetch("drive", "demo", dest)

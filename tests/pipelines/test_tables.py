@@ -7,7 +7,9 @@ import math
 import pandas as pd
 import pytest
 
-from pipelines import cli, reported, tables, tracking
+from pipelines.stages import cli, tables
+from pipelines.reporting import reported
+from pipelines import tracking
 
 EXPERIMENTS = {
     # name: (paper, tables, task, family, dequantization, dataset, size, primary metrics, extra splits)

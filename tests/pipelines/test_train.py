@@ -174,7 +174,7 @@ def test_killed_worker_is_restarted_from_the_last_checkpoint(tmp_path, shards):
 
 
 def test_token_auth_is_enabled_for_an_explicit_address_on_this_machine_only(tmp_path, monkeypatch):
-    from pipelines.train import _token_auth_for_local_cluster
+    from pipelines.stages.train import _token_auth_for_local_cluster
 
     monkeypatch.setenv("HOME", str(tmp_path))
     for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
@@ -196,7 +196,7 @@ def test_resume_fingerprints_see_content_not_location(tmp_path, shards):
     """What decides whether a stored run may be resumed: shard content (not the source path) and the code."""
     import shutil
 
-    from pipelines.train import TRAINING_CODE, code_fingerprint, data_fingerprint
+    from pipelines.stages.train import TRAINING_CODE, code_fingerprint, data_fingerprint
 
     moved = tmp_path / "moved"
     shutil.copytree(shards, moved)

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from pipelines.worker import NLLObjective, batches, lr_at, train_step
+from pipelines.training.worker import NLLObjective, batches, lr_at, train_step
 from tests.conftest import free_port
 
 

@@ -20,9 +20,9 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from pipelines import shards, storage
-from pipelines.datasets import get_dataset
-from pipelines.datasets.readers import ReaderError
+from pipelines.data import shards, storage
+from pipelines.data.datasets import get_dataset
+from pipelines.data.datasets.readers import ReaderError
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
@@ -32,7 +32,7 @@ class FetchError(RuntimeError):
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", help="dataset name (pipelines/datasets/registry.py)")
+    parser.add_argument("dataset", help="dataset name (pipelines/data/datasets/registry.py)")
     parser.add_argument("--source", required=True,
                         help="folder, archive, file://, https://, s3://bucket/key, or 'demo'")
     parser.add_argument("--out", required=True, help="destination folder or s3://bucket/prefix")
@@ -66,7 +66,7 @@ def fetch(dataset: str, source: str, dest: str, shard_size: int = shards.DEFAULT
     """Fetch ``dataset`` from ``source`` into shards at ``dest``; returns the manifest."""
     spec = get_dataset(dataset)
     if source == "demo":
-        from pipelines.datasets import demo
+        from pipelines.data.datasets import demo
 
         source_sha = hashlib.sha256(f"{demo.DEMO_VERSION}:{dataset}".encode()).hexdigest()
         existing = shards.is_up_to_date(dest, dataset, source_sha, shard_size)
@@ -85,7 +85,7 @@ def fetch(dataset: str, source: str, dest: str, shard_size: int = shards.DEFAULT
             print(f"{dataset}: {dest} is up to date", file=sys.stderr)
             return existing
         root = _unpack(local, Path(tmp) / "unpacked")
-        from pipelines.datasets import readers
+        from pipelines.data.datasets import readers
 
         splits = getattr(readers, spec.reader)(root, spec)
         expected = {k: v for k, v in spec.splits.items() if v is not None}

@@ -2,7 +2,7 @@
 
 The driver (this module) validates the parameters, opens (or reopens) the experiment's MLflow run, starts Ray
 (a local instance limited to ``--num-cpus``, or the cluster at ``$RAY_ADDRESS``), runs
-``pipelines.worker.train_loop_per_worker`` on ``scaling.num_workers`` workers, then writes the declared
+``pipelines.training.worker.train_loop_per_worker`` on ``scaling.num_workers`` workers, then writes the declared
 outputs: ``--model-out`` (final flowlib checkpoint), ``--metrics-out`` (JSON), and MLflow artifacts
 (``checkpoint/model.pt``, ``config/<exp>.yaml``, ``samples/*.png`` at several temperatures).
 
@@ -29,11 +29,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipelines.io import copy_file, write_text
+
 RUN_ID_FILE = "mlflow_run_id"
 CONFIG_FILE = "config_sha256"  # what the checkpoints in <storage>/<experiment> were trained with
 # The code that decides what a checkpoint holds: the models and the training batches (not logging, not the
 # driver). A change here makes a stored run stale, like a changed config or dataset.
-TRAINING_CODE = ("flowlib", "pipelines/worker.py", "pipelines/loader.py", "pipelines/tasks.py")
+TRAINING_CODE = ("flowlib", "pipelines/training/worker.py", "pipelines/data/loader.py", "pipelines/tasks.py")
 # Environment a worker on a remote cluster needs to reach the same services (no secrets: configure those on
 # the cluster itself).
 _FORWARD_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
@@ -78,7 +80,7 @@ def code_fingerprint(root: Path | None = None, paths: tuple[str, ...] = TRAINING
 
     ``root`` defaults to the folder holding the installed ``flowlib`` and ``pipelines`` packages.
     """
-    root = Path(root) if root is not None else Path(__file__).resolve().parents[1]
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[2]
     digest = hashlib.sha256()
     for rel in paths:
         base = root / rel
@@ -94,22 +96,6 @@ def _abs(path: str | os.PathLike) -> str:
     """Absolute path, or the URI unchanged: Ray workers start in their own directory, so relative paths break."""
     text = str(path)
     return text if "://" in text else str(Path(text).expanduser().resolve())
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
-    os.close(fd)
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
 
 
 def git_commit() -> str:
@@ -128,7 +114,7 @@ def git_commit() -> str:
 
 
 def _manifest_bytes(data_dir: str) -> bytes:
-    from pipelines import storage
+    from pipelines.data import storage
 
     uri = storage.join(data_dir, "manifest.json")
     try:
@@ -197,7 +183,7 @@ def _init_ray(num_cpus_needed: float, num_cpus: int | None, use_gpu: bool):
     # code that opens a relative path (e.g. params) would silently break.
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     # The Train controller polls the workers this often (Ray's default: 2 s; the trainer forwards the variable
-    # to the controller). Every checkpoint waits for that poll to commit it (pipelines.worker), and the end of
+    # to the controller). Every checkpoint waits for that poll to commit it (pipelines.training.worker), and the end of
     # a fit is only seen on a poll, so a shorter interval shortens both; polling two actors is cheap.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     # Train V2 patches the workers' print into its logger and, once anything has wrapped sys.stdout (MLflow
@@ -327,13 +313,13 @@ def train_experiment(exp, params, *, data_dir: str, storage: str, state_dir: Pat
         (state_dir / RUN_ID_FILE).unlink(missing_ok=True)
         (state_dir / "fail_at_step.done").unlink(missing_ok=True)
     state_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(state_dir / CONFIG_FILE, f"{config_sha}\n{code_sha}\n")
+    write_text(state_dir / CONFIG_FILE, f"{config_sha}\n{code_sha}\n")
 
     # MLflow: one run per experiment, reopened on a rerun; rank 0 logs per-step metrics into it.
     exp_name = tracking.experiment_name(exp.paper, params.mlflow.experiment_prefix)
     previous = _read_run_id(state_dir)
     run_id = tracking.open_run(exp_name, exp.name, previous)
-    _write_atomic(state_dir / RUN_ID_FILE, run_id + "\n")
+    write_text(state_dir / RUN_ID_FILE, run_id + "\n")
     tracking.log_params(run_id, {**exp.flatten(), "profile": params.profile, "git_commit": git_commit(),
                                  "data_manifest_sha256": data_sha, "data_dir": data_dir, "target": task.target})
     tracking.set_tags(run_id, {"profile": params.profile, "experiment": exp.name, "git_commit": git_commit(),
@@ -350,7 +336,7 @@ def train_experiment(exp, params, *, data_dir: str, storage: str, state_dir: Pat
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipelines.worker import MODEL_FILE, train_loop_per_worker
+    from pipelines.training.worker import MODEL_FILE, train_loop_per_worker
 
     resources = {"CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:
@@ -383,7 +369,7 @@ def train_experiment(exp, params, *, data_dir: str, storage: str, state_dir: Pat
     if result.checkpoint is None:
         raise RuntimeError(f"{exp.name}: training finished without a checkpoint in {run_dir}")
     with result.checkpoint.as_directory() as folder:
-        _copy_atomic(Path(folder) / MODEL_FILE, model_out)
+        copy_file(Path(folder) / MODEL_FILE, model_out)
 
     # Artifacts: the final checkpoint under its contract name, and sample grids at several temperatures.
     with tempfile.TemporaryDirectory() as tmp:
@@ -414,19 +400,18 @@ def train_experiment(exp, params, *, data_dir: str, storage: str, state_dir: Pat
     tracking.log_metrics(run_id, {k: out[k] for k in ("final_train_bpd", "samples_per_s", "wall_s", "startup_s")
                                   if out[k] is not None}, step=out["steps"])
     tracking.finish_run(run_id, "FINISHED")
-    _write_atomic(metrics_out, json.dumps(out, indent=2) + "\n")
+    write_text(metrics_out, json.dumps(out, indent=2) + "\n")
     return out
 
 
 def _sample_grids_for(exp, experiment: dict, task, data_dir: str, model_path: Path, out_dir: Path) -> list[Path]:
     from flowlib.checkpoint import load_model
-    from pipelines.loader import make_loader
+    from pipelines.data.loader import loader_options, make_loader
 
     model = load_model(str(model_path)).eval()
     data = experiment["data"]
-    loader = make_loader(data_dir, data["train_split"], exp.task, batch_size=4, train=False, rank=0, world_size=1,
-                         num_workers=0, seed=0, epoch=0, patch=data["patch"], pad_multiple=data["pad_multiple"],
-                         **({"size": data["size"]} if data.get("size") else {}), **(data.get("options") or {}))
+    loader = make_loader(data_dir, data["train_split"], exp.task, batch_size=4, train=False, seed=0,
+                         **loader_options(data, train=False))
     batch = next(iter(loader))
     # A model trained on patches has a fixed y/x shape: show the top-left crop of the evaluation images.
     cfg = getattr(model, "config", {}) or {}

@@ -8,6 +8,7 @@ so a reader never sees half a file.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -17,6 +18,8 @@ import tempfile
 import urllib.parse
 from pathlib import Path
 from typing import BinaryIO, Iterator
+
+from pipelines import io as io_
 
 #: Multipart above 32 MiB in 16 MiB parts: shards are ~100 MiB at most, so this keeps uploads resumable
 #: part by part without paying multipart overhead for small manifests.
@@ -89,44 +92,33 @@ def _wrap(uri: str, exc: Exception) -> StorageError:
     return StorageError(f"{uri}: {type(exc).__name__}: {exc}")
 
 
+@contextlib.contextmanager
+def _s3_errors(uri: str):
+    """Re-raise any failure of the S3 call inside as a :class:`StorageError` naming ``uri``."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - re-raised with the URI named
+        raise _wrap(uri, exc) from exc
+
+
 def put_file(src: str | os.PathLike, uri: str) -> None:
     """Copy a local file to ``uri``; local destinations are written under a temporary name and renamed."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        try:
+        with _s3_errors(uri):
             s3_client().upload_file(str(src), bucket, key, Config=transfer_config())
-        except Exception as exc:  # noqa: BLE001 - re-raised with the URI named
-            raise _wrap(uri, exc) from exc
         return
-    dst = local_path(uri)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+    io_.copy_file(src, local_path(uri))
 
 
 def put_bytes(data: bytes, uri: str) -> None:
     """Write ``data`` to ``uri`` atomically (temporary name + rename locally; one PUT on S3)."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        try:
+        with _s3_errors(uri):
             s3_client().put_object(Bucket=bucket, Key=key, Body=data)
-        except Exception as exc:  # noqa: BLE001
-            raise _wrap(uri, exc) from exc
         return
-    dst = local_path(uri)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    io_.write_bytes(local_path(uri), data)
 
 
 def get_file(uri: str, dst: str | os.PathLike) -> Path:
@@ -135,10 +127,8 @@ def get_file(uri: str, dst: str | os.PathLike) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        try:
+        with _s3_errors(uri):
             s3_client().download_file(bucket, key, str(dst), Config=transfer_config())
-        except Exception as exc:  # noqa: BLE001
-            raise _wrap(uri, exc) from exc
         return dst
     shutil.copyfile(local_path(uri), dst)
     return dst
@@ -147,10 +137,8 @@ def get_file(uri: str, dst: str | os.PathLike) -> Path:
 def get_bytes(uri: str) -> bytes:
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        try:
+        with _s3_errors(uri):
             return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-        except Exception as exc:  # noqa: BLE001
-            raise _wrap(uri, exc) from exc
     return local_path(uri).read_bytes()
 
 
@@ -158,10 +146,8 @@ def open_read(uri: str) -> BinaryIO:
     """A readable binary stream: the S3 body is streamed, not buffered whole."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        try:
+        with _s3_errors(uri):
             return s3_client().get_object(Bucket=bucket, Key=key)["Body"]
-        except Exception as exc:  # noqa: BLE001
-            raise _wrap(uri, exc) from exc
     return open(local_path(uri), "rb")
 
 
@@ -186,13 +172,11 @@ def listdir(uri: str) -> list[str]:
         bucket, prefix = split_s3(uri)
         prefix = prefix.rstrip("/") + "/" if prefix else ""
         names: list[str] = []
-        try:
+        with _s3_errors(uri):
             for page in s3_client().get_paginator("list_objects_v2").paginate(
                 Bucket=bucket, Prefix=prefix, Delimiter="/"
             ):
                 names.extend(obj["Key"][len(prefix):] for obj in page.get("Contents", []))
-        except Exception as exc:  # noqa: BLE001
-            raise _wrap(uri, exc) from exc
         return sorted(names)
     path = local_path(uri)
     return sorted(p.name for p in path.iterdir() if p.is_file()) if path.is_dir() else []
@@ -202,10 +186,8 @@ def delete(uri: str) -> None:
     """Remove one file/object; a missing one is not an error."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        try:
+        with _s3_errors(uri):
             s3_client().delete_object(Bucket=bucket, Key=key)
-        except Exception as exc:  # noqa: BLE001
-            raise _wrap(uri, exc) from exc
         return
     local_path(uri).unlink(missing_ok=True)
 

@@ -29,7 +29,6 @@ Writes ``--out`` atomically with the ``mlflow_run_id`` of the experiment's train
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import sys
@@ -243,18 +242,9 @@ def evaluate_split(model, batches: Iterable[Mapping[str, Any]], task, *, n_sampl
     return scorer.summary()
 
 
-def _loader_kwargs(make_loader, data, options: Mapping[str, Any]) -> dict:
-    """Evaluation keywords for ``make_loader``: full images (no random patch), the training resize/padding."""
-    kw = {"pad_multiple": data.pad_multiple, **({"size": data.size} if data.size else {}), **dict(options)}
-    accepted = inspect.signature(make_loader).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
-        return kw
-    return {k: v for k, v in kw.items() if k in accepted}
-
-
 def count_samples(dest: str, split: str) -> int | None:
     try:
-        from pipelines import shards
+        from pipelines.data import shards
 
         manifest = shards.read_manifest(dest)
         return int(manifest["splits"][split]["count"]) if manifest else None
@@ -292,7 +282,7 @@ def evaluate_experiment(exp, model, data_dir: str | Path, *, seed: int = 0, n_sa
     ``splits`` maps a result name to ``{dataset, split[, size, batch_size]}``; default: the eval split of
     ``data.eval_dataset`` (else ``data.dataset``) plus ``eval.extra_splits``. Returns ``{name: summary}``.
     """
-    from pipelines.loader import make_loader
+    from pipelines.data.loader import loader_options, make_loader
     from pipelines.tasks import get_task
 
     task = get_task(exp.task)
@@ -313,7 +303,7 @@ def evaluate_experiment(exp, model, data_dir: str | Path, *, seed: int = 0, n_sa
         dataset, split = spec["dataset"], spec.get("split", "test")
         dest = dataset_folder(data_dir, dataset, exp.data.dataset)
         torch.manual_seed(seed)  # the same samples on every run: evaluation is deterministic
-        kwargs = _loader_kwargs(make_loader, exp.data, exp.data.options)
+        kwargs = loader_options(exp.data, train=False)
         if "size" in spec:
             kwargs.pop("size", None)
             if spec["size"]:
@@ -340,7 +330,7 @@ def _scalar_metrics(results: Mapping[str, Mapping[str, Any]]) -> dict[str, float
 
 def eval_figures(exp_name: str, results: Mapping[str, Mapping[str, Any]], folder: str | Path) -> list[Path]:
     """PR curve and PR-sample scatter for vessel splits (Winkler et al. 2019, Figure 5)."""
-    from pipelines import figures
+    from pipelines.reporting import figures
 
     paths = []
     for name, s in results.items():
@@ -379,7 +369,7 @@ def run(args: argparse.Namespace) -> int:
 
     from flowlib.checkpoint import load_model
     from pipelines.params import load_params
-    from pipelines.score import write_json_atomic
+    from pipelines.io import write_json
 
     params = load_params(args.params, args.overrides, experiment=args.experiment)
     exp = params.experiment(args.experiment)
@@ -420,7 +410,7 @@ def run(args: argparse.Namespace) -> int:
               "metrics are not tracked", file=sys.stderr)
         if args.figures:
             eval_figures(exp.name, results, args.figures)
-    write_json_atomic(out_path, payload)
+    write_json(out_path, payload)
     primary = results[exp.data.eval_split]
     print(json.dumps({"experiment": exp.name, "mlflow_run_id": run_id,
                       **{k: primary[k] for k in ("n", *SUMMARY_METRICS.get(task_name(exp.task), ())) if k in primary}}))

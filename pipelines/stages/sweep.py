@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from pipelines.evaluate import (SUMMARY_METRICS, _loader_kwargs, dataset_folder, evaluate_experiment, task_name,
+from pipelines.stages.evaluate import (SUMMARY_METRICS, dataset_folder, evaluate_experiment, task_name,
                                 train_run_id)
 
 GRID_INPUTS = 4  # rows of the temperature grid
@@ -71,7 +71,7 @@ def sweep_experiment(exp, model, data_dir: str | Path, temperatures, *, seed: in
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from pipelines.evaluate import add_trained_model_arguments
+    from pipelines.stages.evaluate import add_trained_model_arguments
 
     add_trained_model_arguments(parser)
     parser.add_argument("--out", default=None, help="default metrics/sweep/<exp>.json")
@@ -81,10 +81,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from flowlib.checkpoint import load_model
-    from pipelines import figures
-    from pipelines.loader import make_loader
+    from pipelines.reporting import figures
+    from pipelines.data.loader import loader_options, make_loader
     from pipelines.params import load_params
-    from pipelines.score import write_json_atomic
+    from pipelines.io import write_json
     from pipelines.tasks import get_task
 
     params = load_params(args.params, args.overrides, experiment=args.experiment)
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     split = exp.sweep.split or exp.data.eval_split
     dataset = getattr(exp.data, "eval_dataset", None) or exp.data.dataset
-    kwargs = _loader_kwargs(make_loader, exp.data, exp.data.options)
+    kwargs = loader_options(exp.data, train=False)
     loader = make_loader(dataset_folder(args.data, dataset, exp.data.dataset), split, exp.task,
                          batch_size=GRID_INPUTS, train=False, seed=args.seed, **kwargs)
     batch = next(iter(loader))
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         tracking.finish_run(run_id)
     else:
         print(f"warning: no mlflow_run_id for {exp.name}; sweep not tracked", file=sys.stderr)
-    write_json_atomic(out_path, payload)
+    write_json(out_path, payload)
     print(json.dumps({"experiment": exp.name, "temperatures": temps,
                       **{k: [results[t].get(k) for t in temps] for k in keys}}))
     return 0

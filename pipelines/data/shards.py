@@ -32,7 +32,8 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from pipelines import storage
+from pipelines.data import storage
+from pipelines.io import Progress
 
 MANIFEST = "manifest.json"
 FORMAT = "cnf-shards/1"
@@ -104,34 +105,6 @@ def decode_member(name: str, data: bytes) -> Any:
     if name.endswith(".json"):
         return json.loads(data)
     return data
-
-
-class Progress:
-    """Prints ``label: n/total (rate/s, ETA)`` to stderr at most every ``every`` seconds."""
-
-    def __init__(self, label: str, total: int | None = None, every: float = 5.0):
-        self.label, self.total, self.every = label, total, every
-        self.n, self.start, self.last = 0, time.monotonic(), time.monotonic()
-
-    def step(self, k: int = 1) -> None:
-        self.n += k
-        now = time.monotonic()
-        if now - self.last >= self.every:
-            self.last = now
-            self._print(now)
-
-    def done(self) -> None:
-        self._print(time.monotonic())
-
-    def _print(self, now: float) -> None:
-        rate = self.n / max(now - self.start, 1e-9)
-        eta = ""
-        if self.total:
-            eta = f", ETA {max(self.total - self.n, 0) / max(rate, 1e-9):.0f}s"
-            count = f"{self.n}/{self.total}"
-        else:
-            count = str(self.n)
-        print(f"{self.label}: {count} samples ({rate:.1f}/s{eta})", file=sys.stderr, flush=True)
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
@@ -292,7 +265,7 @@ def _write_split(sink: _Sink, dataset: str, split: str, samples: Iterable[Mappin
 
     shards: list[dict] = []
     seen: set[str] = set()
-    progress = Progress(f"{dataset}/{split}", total)
+    progress = Progress(f"{dataset}/{split}", total, unit="samples", every=5.0)
     tar = path = name = handle = None
     count_in_shard = 0
 

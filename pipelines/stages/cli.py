@@ -10,12 +10,12 @@ import importlib
 import sys
 
 STAGES = {
-    "fetch": ("pipelines.fetch", "fetch a dataset release into sharded WebDataset tars"),
-    "train": ("pipelines.train", "train one experiment of params.yaml with Ray Train, tracked in MLflow"),
-    "evaluate": ("pipelines.evaluate", "evaluate a trained experiment on its test split"),
-    "score": ("pipelines.score", "score predictions made elsewhere, or a built-in method"),
-    "sweep": ("pipelines.sweep", "sweep sampling temperatures for a trained experiment"),
-    "tables": ("pipelines.tables", "build every table and figure of both papers"),
+    "fetch": ("pipelines.stages.fetch", "fetch a dataset release into sharded WebDataset tars"),
+    "train": ("pipelines.stages.train", "train one experiment of params.yaml with Ray Train, tracked in MLflow"),
+    "evaluate": ("pipelines.stages.evaluate", "evaluate a trained experiment on its test split"),
+    "score": ("pipelines.stages.score", "score predictions made elsewhere, or a built-in method"),
+    "sweep": ("pipelines.stages.sweep", "sweep sampling temperatures for a trained experiment"),
+    "tables": ("pipelines.stages.tables", "build every table and figure of both papers"),
 }
 
 

@@ -17,7 +17,7 @@ class DatasetSpec:
     name: str
     task: str  # key of pipelines.tasks.TASKS
     url: str  # where the official release lives
-    reader: str  # function name in pipelines.datasets.readers
+    reader: str  # function name in pipelines.data.datasets.readers
     splits: dict[str, int | None]  # split -> expected sample count (official release)
     archives: dict[str, str | None] = field(default_factory=dict)  # file name -> sha256 (None: unknown)
     scale: int | None = None  # SR factor used to make input.png

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipelines import shards, storage, tasks
+from pipelines.data import shards, storage
+from pipelines import tasks
 
 DRIVE_ROTATION_DEG = 360.0  # Winkler et al. 2019, App. A: rotations over the full circle
 DRIVE_SCALE = (0.8, 1.2)  # isotropic scaling range
@@ -310,3 +311,20 @@ def make_loader(dest: str, split: str, task: str, batch_size: int, train: bool, 
     loader.steps_per_epoch = (len(dataset) // batch_size if loader.drop_last  # type: ignore[attr-defined]
                               else math.ceil(len(dataset) / batch_size))
     return loader
+
+
+def loader_options(data, *, train: bool) -> dict:
+    """The ``make_loader`` keywords that an experiment's data section sets: the one place they are derived.
+
+    ``data`` is a ``pipelines.params.DataParams`` (or its ``to_dict()`` form). Training reads random
+    ``patch`` crops and loader processes; evaluation reads whole images in order, in this process. Both
+    apply the same resize (``size``), padding (``pad_multiple``) and task options (noise sigma, block size...).
+    """
+    d = dataclasses.asdict(data) if dataclasses.is_dataclass(data) else dict(data)
+    out = {"pad_multiple": d.get("pad_multiple") or 1, **(d.get("options") or {})}
+    if d.get("size"):
+        out["size"] = d["size"]
+    if train:
+        out.update(patch=d.get("patch"), num_workers=d.get("num_workers") or 0)
+    return out
+

@@ -7,7 +7,7 @@ rows of Winkler Table 2 and the "Human" row of Table 3, computed rather than cit
 ``tables/{winkler_table1..3, cglow_table1..5}.{md,csv,tex}`` plus ``tables/README.md``. Rows are long-format
 (one row per method and dataset/size) so that each computed row carries exactly one ``mlflow_run_id``; the
 ``source`` column says "reported (Winkler et al. 2019, Table N)" or "computed (<profile> profile)". The papers'
-numbers come only from :mod:`pipelines.reported`.
+numbers come only from :mod:`pipelines.reporting.reported`.
 
 Figures (PNG, matplotlib Agg) in ``figures/``: the DRIVE PR curves and PR sample scatter (Winkler Figure 5) and
 the training likelihood curves of each paper's runs from the MLflow metric history (c-Glow Figure 6).
@@ -24,14 +24,15 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from pipelines.reported import TABLES
+from pipelines.io import write_text
+from pipelines.reporting.reported import TABLES
 
 TABLE_NAMES = tuple(TABLES)
 DATASET_NAMES = {"imagenet32": "ImageNet32", "imagenet64": "ImageNet64", "set5": "Set5", "set14": "Set14",
                  "bsd100": "BSD100", "drive": "DRIVE"}
 SR_BENCHMARKS = ("set5", "set14", "bsd100")
 BOOKKEEPING = ("source", "profile", "experiment", "mlflow_run_id", "notes")
-HISTORY_KEYS = ("train_nll", "train_bpd")  # logged by the training worker (pipelines/worker.py)
+HISTORY_KEYS = ("train_nll", "train_bpd")  # logged by the training worker (pipelines/training/worker.py)
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
@@ -182,18 +183,6 @@ def check_run_ids(frames: Mapping[str, Any]) -> list[str]:
 # ---------------------------------------------------------------------------------------------------- output
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _tex_escape(text: str) -> str:
     for char in ("\\", "&", "%", "$", "#", "_", "{", "}"):
         text = text.replace(char, "\\" + char if char != "\\" else "\\textbackslash{}")
@@ -210,9 +199,9 @@ def write_table(name: str, df, out_dir: str | Path) -> list[Path]:
     tex = df.to_latex(index=False, na_rep="--", float_format=lambda v: f"{v:.4g}", escape=True,
                       caption=_tex_escape(spec["title"]), label=f"tab:{name}")
     paths = [out_dir / f"{name}.md", out_dir / f"{name}.csv", out_dir / f"{name}.tex"]
-    _write_text(paths[0], md)
-    _write_text(paths[1], df.to_csv(index=False))
-    _write_text(paths[2], tex)
+    write_text(paths[0], md)
+    write_text(paths[1], df.to_csv(index=False))
+    write_text(paths[2], tex)
     return paths
 
 
@@ -252,7 +241,7 @@ def write_readme(frames: Mapping[str, Any], out_dir: str | Path, profile: str, m
         f"Computed rows come from the **{profile}** profile of `params.yaml`"
         + (" (tiny models, a few training steps, embedded demo data: they check the pipeline, they do not "
            "reproduce the papers)" if profile == "demo" else "") + ". Reported rows are cited from the papers "
-        "(`pipelines/reported.py`); the bicubic rows of Winkler Table 2 and the Human row of Table 3 are computed "
+        "(`pipelines/reporting/reported.py`); the bicubic rows of Winkler Table 2 and the Human row of Table 3 are computed "
         "by `cnf score` (no training), not cited. Every computed row carries the MLflow run it came from.",
         "",
     ]
@@ -262,7 +251,7 @@ def write_readme(frames: Mapping[str, Any], out_dir: str | Path, profile: str, m
         lines += [f"## {name}: {TABLES[name]['title']}", "", *comparison(name, df), "",
                   f"Files: `{name}.md`, `{name}.csv`, `{name}.tex`. Notes: {TABLES[name]['notes']}", ""]
     path = Path(out_dir) / "README.md"
-    _write_text(path, "\n".join(lines))
+    write_text(path, "\n".join(lines))
     return path
 
 
@@ -294,7 +283,7 @@ def metric_histories(run_ids: Mapping[str, str]) -> dict[str, tuple[list[int], l
 
 def build_figures(evals: list[Mapping], scores: list[Mapping], folder: str | Path) -> list[Path]:
     """Winkler Figure 5 (PR curves, PR sample scatter) and the likelihood curves of both papers."""
-    from pipelines import figures
+    from pipelines.reporting import figures
 
     folder = Path(folder)
     curves, samples, points = {}, {}, {}

@@ -312,7 +312,7 @@ DEMOS: dict[str, Callable[[], dict]] = {
 
 
 def build(name: str) -> dict[str, list[dict]]:
-    """The demo set ``name`` as {split: [sample]} (samples in shard format, see pipelines/shards.py)."""
+    """The demo set ``name`` as {split: [sample]} (samples in shard format, see pipelines/data/shards.py)."""
     if name not in DEMOS:
         raise KeyError(f"no demo set for {name!r}; demo sets: {sorted(DEMOS)}")
     try:

@@ -27,6 +27,7 @@ from typing import Iterable, Iterator, Mapping
 import numpy as np
 
 from flowlib import metrics
+from pipelines.io import Progress, write_json
 
 TASKS = ("sr", "vessel")
 METHODS = {"sr": ("bicubic",), "vessel": ("second_observer",)}
@@ -34,37 +35,6 @@ IMAGE_SUFFIXES = {".png", ".gif", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg", ".pp
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-
-
-def write_json_atomic(path: str | os.PathLike, payload: Mapping) -> Path:
-    """Write ``payload`` as JSON to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True, allow_nan=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-class Progress:
-    """One line per item on stderr with rate and ETA."""
-
-    def __init__(self, label: str, total: int | None = None):
-        self.label, self.total, self.start, self.n = label, total, time.monotonic(), 0
-
-    def step(self, what: str = "") -> None:
-        self.n += 1
-        elapsed = time.monotonic() - self.start
-        rate = self.n / elapsed if elapsed > 0 else float("inf")
-        eta = f", ETA {(self.total - self.n) / rate:.0f}s" if self.total and rate > 0 else ""
-        total = f"/{self.total}" if self.total else ""
-        print(f"{self.label}: {self.n}{total} {what} ({rate:.2f}/s{eta})", file=sys.stderr, flush=True)
 
 
 def match_key(stem: str, keys: Iterable[str]) -> str | None:
@@ -184,7 +154,7 @@ def _sample_scale(sample: Mapping, scale: int | None) -> int:
 def score(task: str, data: str, split: str, pred: str | None = None, method: str | None = None,
           scale: int | None = None) -> dict:
     """Score ``pred`` files or a built-in ``method`` on ``split`` of the shards at ``data``; returns the result."""
-    from pipelines import shards
+    from pipelines.data import shards
 
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
@@ -214,7 +184,7 @@ def score(task: str, data: str, split: str, pred: str | None = None, method: str
                                  f"{target.shape[::-1]} (as W, H, C)")
             preds.append(p)
             targets.append(target)
-            progress.step(s["__key__"])
+            progress.step(what=s["__key__"])
         if len(scales) != 1:
             raise ValueError(f"samples have different scales {sorted(scales)}; score them separately")
         k = scales.pop()
@@ -239,7 +209,7 @@ def score(task: str, data: str, split: str, pred: str | None = None, method: str
             soft.append(p)
             targets.append(t > 0.5)
             masks.append(m)
-            progress.step(s["__key__"])
+            progress.step(what=s["__key__"])
         out = vessel_scores(soft, targets, masks)
     manifest = shards.read_manifest(data) or {}
     out.update({"task": task, "split": split, "data": str(data), "keys": keys,
@@ -289,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
         tracking.finish_run(run_id)
         result["mlflow_run_id"] = run_id
     if args.out:
-        write_json_atomic(args.out, result)
+        write_json(args.out, result)
     summary = {k: result[k] for k in SUMMARY_KEYS[args.task] if k in result}
     summary.update({"method": result["method"], "split": args.split})
     if "mlflow_run_id" in result:

@@ -1,7 +1,7 @@
 """The per-worker training loop run by Ray Train: build, (resume), step, log, checkpoint.
 
 ``train_loop_per_worker(config)`` runs on every Ray worker. ``config`` is a plain dict made by the driver
-(``pipelines.train``): ``experiment`` (``ExperimentParams.to_dict()``), ``data_dir`` (shards of the training
+(``pipelines.stages.train``): ``experiment`` (``ExperimentParams.to_dict()``), ``data_dir`` (shards of the training
 dataset), ``target`` (from ``pipelines.tasks``), ``mlflow_run_id`` and ``tracking_uri`` (rank 0 logs there),
 ``state_dir`` (a local folder for the test-only failure marker).
 
@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from pipelines.io import format_eta
 
 LN2 = math.log(2.0)
 STATE_FILE = "train_state.pt"  # optimizer, step, RNG, counters (inside each Ray checkpoint folder)
@@ -111,19 +113,15 @@ def lr_at(step: int, lr: float, warmup_steps: int) -> float:
     return lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else lr
 
 
-def _format_eta(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 def _to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return batch["y"].to(device, non_blocking=True).float(), batch["x"].to(device, non_blocking=True).float()
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from pipelines.io import atomic_write
+
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 def _wait_until_committed() -> None:
@@ -151,14 +149,12 @@ def train_loader(exp: Mapping, data_dir: str, *, rank: int = 0, world_size: int 
     The one place the experiment's data section becomes loader options; benchmarks/loader_throughput.py
     measures this same loader.
     """
-    from pipelines.loader import make_loader
+    from pipelines.data.loader import loader_options, make_loader
 
-    train, data = exp["train"], exp["data"]
-    return make_loader(data_dir, data["train_split"], exp["task"], batch_size=train["batch_size"] // world_size,
-                       train=True, rank=rank, world_size=world_size, num_workers=data["num_workers"],
-                       seed=train["seed"], epoch=epoch, patch=data["patch"], pad_multiple=data["pad_multiple"],
-                       endless=True, **({"size": data["size"]} if data.get("size") else {}),
-                       **(data.get("options") or {}))
+    train = exp["train"]
+    return make_loader(data_dir, exp["data"]["train_split"], exp["task"], batch_size=train["batch_size"] // world_size,
+                       train=True, rank=rank, world_size=world_size, seed=train["seed"], epoch=epoch, endless=True,
+                       **loader_options(exp["data"], train=True))
 
 
 def train_loop_per_worker(config: dict) -> dict:
@@ -292,7 +288,7 @@ def train_loop_per_worker(config: dict) -> dict:
             t_window, n_window = now, 0
             eta = (total_steps - step) * local_batch * world_size / max(rate, 1e-9)
             print(f"[{exp['name']}] step {step}/{total_steps} loss {last.loss:.4f} bpd {last.bpd:.4f} "
-                  f"grad_norm {last.grad_norm:.3g} samples/s {rate:.1f} ETA {_format_eta(eta)}"
+                  f"grad_norm {last.grad_norm:.3g} samples/s {rate:.1f} ETA {format_eta(eta)}"
                   f"{f' skipped {nonfinite_total}' if nonfinite_total else ''}", flush=True)
             if run_id:
                 from pipelines import tracking
