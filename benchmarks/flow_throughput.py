@@ -1,50 +1,65 @@
-"""Train-step and sampling throughput (images/s) and peak memory of our flows against `normflows` on CPU.
+"""Train-step and sampling throughput of our flows beside normflows and FrEIA, and how close a step is to the CPU.
 
-What is compared (same depth, width, batch, float32, Adam; timings interleaved round-robin in one process):
-- ``ours``: ``build_flow("cnf", ...)`` as configured for the paper task (RRDB or VGG encoder, conditional
-  couplings on ``[z_1, h]``, conditional split priors and prior).
-- ``ours-noenc``: the same flow with ``encoder="none"`` (``h = x`` resampled): what the peer can express.
-- ``normflows``: ``nf.MultiscaleFlow`` of ``nf.flows.GlowBlock`` (ActNorm, LU 1x1 conv, coupling;
-  ``scale=False`` for the additive DRIVE flow) with ``nf.flows.Squeeze``/``Merge``
-  and ``GlowBase`` priors: an *unconditional* flow of the same depth and width (normflows has no
-  image-conditional coupling). Its coupling net is ours (``make_subnet``: the SR net, or the DRIVE net with its
-  InstanceNorm), so both sides run the same networks; what remains different is conditioning: ours feeds
-  ``h`` (here ``x``) into every coupling and has conditional split priors, normflows' ``GlowBase`` is a fixed
-  learned Gaussian per level.
-The ratio column is ours-noenc / normflows (>1 means we are faster), the like-for-like comparison.
-``GFLOP/img`` counts one train step (forward and backward) with ``torch.utils.flop_counter``: the conditioning
-work ours does and the peer cannot express shows there, and the last column sets speed against work done.
+    python benchmarks/flow_throughput.py [--configs reference drive sr] [--rounds 8] [--threads 2]
+                                         [--before REV] [--no-compile] [--json out.json]
 
-Peak memory is the rise of peak RSS (``VmHWM``, reset via ``/proc/self/clear_refs`` after imports; falls back to
-``resource.getrusage`` max RSS) over building the model, 3 train steps and one sampling pass, in a fresh
-subprocess per model; tracemalloc cannot see PyTorch's C++ allocations.
+Configurations (``benchmarks/flow_configs.py``): ``reference`` (continuous ``y`` 3x32x32, ``x`` 3x16x16, L=2,
+K=4, hidden 64, batch 16), ``drive`` (params-paper.yaml's ``drive_cnf`` on 128x128 patches, batch 4), ``sr``
+(``sr_imagenet64_cnf`` at CPU width: hidden 64, RRDB 4 blocks of growth 16, 32 context channels, batch 8).
 
-Run: ``python benchmarks/flow_throughput.py [--steps 6] [--json out.json]``.
+Implementations, every one float32 with Adam and the pipeline's ``clip_grad_norm_``; all of a configuration's
+are built in one process and timed round-robin (one train step and one sampling pass each per round), so load
+from other processes hits them alike; medians are reported:
+
+- ``ours``: ``flowlib.build_model`` exactly as ``cnf train`` builds the experiment (encoder, conditional
+  couplings on ``[z_1, h]``, conditional split priors and prior, dequantizer); eager.
+- ``ours-compiled``: the same model through :func:`flowlib.compile_model` (inductor); sampling stays eager.
+- ``ours-before``: with ``--before REV``, flowlib as of git revision ``REV`` (``git archive``, read only), same
+  model and seed: the speed-up of the working tree over that revision.
+- ``normflows`` (1.7): ``nf.MultiscaleFlow`` of ``GlowBlock`` (ActNorm, LU 1x1 conv, coupling; additive for
+  DRIVE) with our coupling subnets; normflows has no image-conditional coupling or prior, so it is the
+  *unconditional* flow of the same depth and width (its ``GlowBase`` priors are learned Gaussians), on
+  uniformly dequantized ``y``: it does less work than ours.
+- ``freia`` (0.2): the same conditional architecture built from FrEIA's modules in a ``GraphINN``: our encoder
+  outside the graph feeds one ``ConditionNode`` per level (resampled as ours does); per step ``ActNorm``,
+  ``Fixed1x1Conv`` (FrEIA has no learned 1x1 convolution: a fixed random rotation, cheaper than ours) and
+  ``AffineCouplingOneSided`` with our subnet on ``[u_1, h]`` (FrEIA's atan-clamped ``exp`` scale instead of the
+  shifted sigmoid; for DRIVE's additive coupling the clamp is zero); ``IRevNetDownsampling`` as squeeze; each
+  conditional split prior as an ``AffineCouplingOneSided`` over ``[z_keep, z_out]`` given ``h`` with our prior
+  net (a Gaussian ``p(z_out | z_keep, h)`` written as a flow to N(0, I)), then ``Split``; the final conditional
+  prior as ``ConditionalAffineTransform`` given ``h``. Discrete ``y`` is uniformly dequantized (no learned
+  dequantizer in FrEIA).
+
+Columns: ``GFLOP/img`` counts one train step (``torch.utils.flop_counter``: forward and backward, per image);
+``GFLOP/s`` is that work per second of train step; ``conv GFLOP/s`` is what this machine reaches on the same
+step's convolutions alone: every ``aten.convolution`` of the step replayed as a plain ``torch.nn.Conv2d``
+forward+backward (input and weight gradients) at the same shapes, FLOP-weighted; ``of conv`` is the ratio,
+how close a train step comes to the machine's convolution throughput. Peak memory is the rise of peak RSS
+(``VmHWM``, reset through ``/proc/self/clear_refs`` after imports) over building the model, 3 train steps and
+one sampling pass, in a fresh subprocess per implementation.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
-CONFIGS = {
-    # Winkler et al. 2019 Table 5 (ImageNet32: L=2, K=8) at reduced width; RRDB reduced from 16 blocks/growth 32.
-    "sr": dict(y_shape=(3, 32, 32), x_shape=(3, 16, 16), levels=2, steps=8, hidden=64, batch=8,
-               options=dict(encoder="rrdb", encoder_blocks=4, encoder_growth=16, context_channels=32,
-                            coupling="affine", subnet="sr")),
-    # Winkler et al. 2019 Table 5/7 (DRIVE: L=2, K=2, 32 wide, additive coupling, VGG encoder) on 64x64 patches.
-    "drive": dict(y_shape=(1, 64, 64), x_shape=(3, 64, 64), levels=2, steps=2, hidden=32, batch=4,
-                  options=dict(encoder="vgg", encoder_width=32, coupling="additive", subnet="drive")),
-}
-IMPLS = ("ours", "ours-noenc", "normflows")
+from flow_configs import CONFIGS, GRAD_CLIP, ROOT, build_ours, flow_options, load_flowlib_at, make_batch
+
+PEERS = ("normflows", "freia")
+DEFAULT_CONFIGS = ("reference", "drive", "sr")
 
 
+# ------------------------------------------------------------------------------------------------- memory
 def _reset_peak() -> None:
     """Reset the kernel's peak-RSS mark (Linux >= 4.0), so import-time spikes do not hide the run's peak."""
     try:
@@ -53,179 +68,422 @@ def _reset_peak() -> None:
         pass
 
 
-def _peak_mb() -> float:
+def _status_mb(key: str) -> float | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return None
+
+
+def _peak_mb() -> float:
+    peak = _status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB
 
 
 def _rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return _peak_mb()
+    rss = _status_mb("VmRSS")
+    return rss if rss is not None else _peak_mb()
 
 
-def build(impl: str, cfg: dict):
+# ------------------------------------------------------------------------------------------ implementations
+class Impl:
+    """One implementation on one configuration: ``train_step()``, ``sample()``, ``params``, ``model``."""
+
+    def __init__(self, model, loss_fn, sample_fn, batch: int):
+        import torch
+        self.model, self.batch = model, batch
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(self.params, lr=1e-4)
+
+        def train_step():
+            opt.zero_grad(set_to_none=True)
+            loss_fn().backward()
+            torch.nn.utils.clip_grad_norm_(self.params, GRAD_CLIP)
+            opt.step()
+
+        def sample():
+            with torch.inference_mode():
+                sample_fn()
+
+        self.train_step, self.sample = train_step, sample
+
+
+def _ours(flowlib, cfg: dict, compiled: bool) -> Impl:
     import torch
-    if impl.startswith("ours"):
-        from flowlib.flows import build_flow
-        opts = dict(cfg["options"])
-        if impl == "ours-noenc":
-            opts = {k: v for k, v in opts.items() if k in ("coupling", "subnet")} | {"encoder": "none"}
-        model = build_flow("cnf", cfg["y_shape"], cfg["x_shape"], cfg["levels"], cfg["steps"], cfg["hidden"], **opts)
-        return model, (lambda y, x: -model.log_prob(y, x).mean()), (lambda x: model.sample(x))
+    model = build_ours(flowlib, cfg)
+    y, x = make_batch(cfg)
+    with torch.no_grad():
+        model.nll(y, x)  # ActNorm's data-dependent initialisation, as the worker does before training
+    objective = flowlib.compile_model(model) if compiled else model
+    return Impl(model, lambda: objective(y, x).mean(), lambda: model.sample(x), cfg["batch"])
+
+
+def _dequantized(cfg: dict, y):
+    """Uniform dequantization for the peers: ``v = (y + u) / L`` and the ``D log L`` of the bound."""
+    import math
+    import torch
+    levels = {"image8": 256, "binary": 2}.get(cfg["target"])
+    if levels is None:
+        return lambda: (y, 0.0)
+    d = y[0].numel() * math.log(levels)
+    return lambda: ((y + torch.rand_like(y)) / levels - 0.5, d)
+
+
+def _normflows(cfg: dict) -> Impl:
     import normflows as nf
+    from flowlib.subnets import make_subnet
+    opts = flow_options(cfg)
     c, h, w = cfg["y_shape"]
-    L, K = cfg["levels"], cfg["steps"]
-    scale = cfg["options"]["coupling"] == "affine"
+    big_l, k = opts["levels"], opts["steps"]
+    scale = opts.get("coupling", "affine") == "affine"
+    subnet = opts.get("subnet", "sr")
+
+    def step(channels):
+        # GlowBlock hard-wires its own coupling net; ours goes in so both sides run the same networks.
+        block = nf.flows.GlowBlock(channels, opts["hidden"], split_mode="channel", scale=scale)
+        couplings = [m for m in block.modules() if isinstance(m, nf.flows.AffineCoupling)]
+        assert len(couplings) == 1, "normflows GlowBlock layout changed"
+        couplings[0].param_map = make_subnet(subnet, (channels + 1) // 2, (2 if scale else 1) * (channels // 2),
+                                             opts["hidden"])
+        return block
+
     q0, merges, flows = [], [], []
-    for i in range(L):  # normflows orders levels deepest first
-        flows.append([_normflows_step(nf, c * 2 ** (L + 1 - i), cfg, scale) for _ in range(K)]
-                     + [nf.flows.Squeeze()])
+    for i in range(big_l):  # normflows orders levels deepest first
+        flows.append([step(c * 2 ** (big_l + 1 - i)) for _ in range(k)] + [nf.flows.Squeeze()])
         if i > 0:
             merges.append(nf.flows.Merge())
-            shape = (c * 2 ** (L - i), h // 2 ** (L - i), w // 2 ** (L - i))
+            shape = (c * 2 ** (big_l - i), h // 2 ** (big_l - i), w // 2 ** (big_l - i))
         else:
-            shape = (c * 2 ** (L + 1), h // 2 ** L, w // 2 ** L)
+            shape = (c * 2 ** (big_l + 1), h // 2 ** big_l, w // 2 ** big_l)
         q0.append(nf.distributions.GlowBase(shape))
     model = nf.MultiscaleFlow(q0, flows, merges, class_cond=False)
-    return model, (lambda y, x: model.forward_kld(y)), (lambda x: model.sample(x.shape[0])[0])
+    y, x = make_batch(cfg)
+    data = _dequantized(cfg, y)
+
+    def loss():
+        v, log_l = data()
+        return model.forward_kld(v) + log_l
+
+    import torch
+    with torch.no_grad():
+        loss()
+    return Impl(model, loss, lambda: model.sample(x.shape[0]), cfg["batch"])
 
 
-def _normflows_step(nf, channels: int, cfg: dict, scale: bool):
-    """A normflows ``GlowBlock`` (ActNorm, LU 1x1 conv, affine/additive coupling) whose coupling net is ours.
+class _FreiaCond:
+    """The encoder and per-level resampling of ours, feeding FrEIA's condition nodes."""
 
-    ``GlowBlock`` hard-wires a Conv3x3-ReLU-Conv1x1-ReLU-Conv3x3 net; giving it the net ours uses
-    (``make_subnet``: the SR net, or the DRIVE net Conv3x3-InstanceNorm-ReLU-Conv3x3) keeps the coupling
-    networks identical, so the comparison measures the flow machinery.
-    """
+    def __init__(self, encoder, level_sizes):
+        self.encoder, self.level_sizes = encoder, level_sizes
+
+    def __call__(self, x):
+        from flowlib.multiscale import resample
+        h = x if self.encoder is None else self.encoder(x)
+        feats = h if isinstance(h, (list, tuple)) else [h]
+        return [resample(feats[min(l, len(feats) - 1)], s) for l, s in enumerate(self.level_sizes)]
+
+
+def _freia(cfg: dict) -> Impl:
+    import torch
+    from torch import nn
+    import FrEIA.framework as ff
+    import FrEIA.modules as fm
+    from flowlib.encoders.rrdb import RRDBEncoder
+    from flowlib.encoders.vgg import VGGEncoder
+    from flowlib.invconv import random_rotation
+    from flowlib.priors import _zero_conv
     from flowlib.subnets import make_subnet
-    block = nf.flows.GlowBlock(channels, cfg["hidden"], split_mode="channel", scale=scale)
-    couplings = [m for m in block.modules() if isinstance(m, nf.flows.AffineCoupling)]
-    assert len(couplings) == 1, "normflows GlowBlock layout changed"
-    couplings[0].param_map = make_subnet(cfg["options"]["subnet"], (channels + 1) // 2,
-                                         (2 if scale else 1) * (channels // 2), cfg["hidden"])
-    return block
+    opts = flow_options(cfg)
+    c, hy, wy = cfg["y_shape"]
+    cx = cfg["x_shape"][0]
+    big_l, k, hidden = opts["levels"], opts["steps"], opts["hidden"]
+    if opts["encoder"] == "rrdb":
+        encoder = RRDBEncoder(cx, opts.get("context_channels", 32), opts.get("encoder_blocks", 2),
+                              opts.get("encoder_growth", 16))
+    elif opts["encoder"] == "vgg":
+        encoder = VGGEncoder(cx, opts.get("encoder_width", 32), big_l)
+    else:
+        encoder = None
+    hc = cx if encoder is None else encoder.out_channels
+    sizes = [(hy >> (l + 1), wy >> (l + 1)) for l in range(big_l)]
+    additive = opts.get("coupling", "affine") == "additive"
+    subnet = opts.get("subnet", "sr")
+
+    def coupling_net(cin, cout):
+        return make_subnet(subnet, cin, cout, hidden)
+
+    def prior_net(cin, cout):  # our ConditionalSplitPrior / ConditionalPrior network
+        return nn.Sequential(nn.Conv2d(cin, hidden, 3, padding=1), nn.ReLU(), _zero_conv(hidden, cout))
+
+    clamp = dict(clamp_activation=lambda s: s * 0.0) if additive else {}
+    conds = [ff.ConditionNode(hc, *s, name=f"h{l}") for l, s in enumerate(sizes)]
+    nodes = [ff.InputNode(c, hy, wy, name="y")]
+    outs = []
+    cur, channels = nodes[0], c
+
+    def add(node):
+        nonlocal cur
+        nodes.append(node)
+        cur = node
+        return node
+
+    for l in range(big_l):
+        add(ff.Node(cur, fm.IRevNetDownsampling, {}))
+        channels *= 4
+        for _ in range(k):
+            add(ff.Node(cur, fm.ActNorm, {}))
+            add(ff.Node(cur, fm.Fixed1x1Conv, {"M": random_rotation(channels)}))
+            add(ff.Node(cur, fm.AffineCouplingOneSided, {"subnet_constructor": coupling_net, **clamp},
+                        conditions=conds[l]))
+        if l < big_l - 1:
+            keep = channels - channels // 2
+            add(ff.Node(cur, fm.AffineCouplingOneSided, {"subnet_constructor": prior_net, "split_len": keep},
+                        conditions=conds[l]))
+            split = add(ff.Node(cur, fm.Split, {"section_sizes": [keep, channels - keep]}))
+            outs.append(ff.OutputNode(split.out1))
+            cur, channels = split.out0, keep
+    add(ff.Node(cur, fm.ConditionalAffineTransform, {"subnet_constructor": prior_net}, conditions=conds[-1]))
+    outs.append(ff.OutputNode(cur))
+    inn = ff.GraphINN(nodes + outs + conds)
+    model = nn.ModuleDict({"inn": inn, **({"encoder": encoder} if encoder is not None else {})})
+    cond_of = _FreiaCond(encoder, sizes)
+    y, x = make_batch(cfg)
+    data = _dequantized(cfg, y)
+
+    def loss():
+        v, log_l = data()
+        z, logdet = inn(v, c=cond_of(x))
+        log_p = sum((-0.5 * zi.pow(2) - 0.9189385332046727).flatten(1).sum(1) for zi in z)
+        return -(log_p + logdet).mean() + log_l
+
+    def sample():
+        h = cond_of(x)
+        z = [torch.randn(x.shape[0], *n.input_dims[0]) for n in inn.out_nodes]
+        return inn(z, c=h, rev=True, jac=False)
+
+    with torch.no_grad():
+        loss()  # FrEIA's ActNorm initialises on its first batch
+    return Impl(model, loss, sample, cfg["batch"])
 
 
-def _setup(impl: str, config: str):
+def build(impl: str, config: str, before: str | None = None) -> Impl:
     import torch
     torch.manual_seed(0)
     cfg = CONFIGS[config]
-    model, loss_fn, sample_fn = build(impl, cfg)
-    b = cfg["batch"]
-    y = torch.rand(b, *cfg["y_shape"]) + torch.rand(b, *cfg["y_shape"]) / 256  # dequantized-image-like
-    x = torch.rand(b, *cfg["x_shape"])
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-
-    def train_step():
-        opt.zero_grad(set_to_none=True)
-        loss_fn(y, x).backward()
-        opt.step()
-
-    def sample():
-        with torch.no_grad():
-            sample_fn(x)
-
-    train_step()  # warm-up (ActNorm data-dependent init, allocator)
-    sample()
-    return model, train_step, sample, b
+    if impl in ("ours", "ours-compiled"):
+        import flowlib
+        return _ours(flowlib, cfg, impl == "ours-compiled")
+    if impl == "ours-before":
+        return _ours(load_flowlib_at(before), cfg, False)
+    if impl == "normflows":
+        return _normflows(cfg)
+    if impl == "freia":
+        return _freia(cfg)
+    raise ValueError(f"unknown implementation {impl!r}")
 
 
-def measure_memory(impl: str, config: str, steps: int, threads: int) -> dict:
+# ------------------------------------------------------------------------------------------ FLOPs and convs
+def _record_convs(fn) -> list[tuple]:
+    """The ``aten.convolution`` calls of ``fn()``: ``(input shape, weight shape, stride, padding, dilation,
+    groups, has bias)``, one entry per call."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    calls = []
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.convolution.default and not args[6]:  # not transposed
+                calls.append((tuple(args[0].shape), tuple(args[1].shape), tuple(args[3]), tuple(args[4]),
+                              tuple(args[5]), int(args[8]), args[2] is not None))
+            return func(*args, **(kwargs or {}))
+
+    with Recorder():
+        fn()
+    return calls
+
+
+def _conv_flops(call) -> float:
+    """FLOPs of one forward, input-gradient and weight-gradient pass (3x the forward's multiply-adds x 2)."""
+    (b, cin, h, w), (cout, cin_g, kh, kw), stride, padding, dilation, groups, _ = call
+    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return 3 * 2.0 * b * cout * ho * wo * cin_g * kh * kw
+
+
+_CONV_TIMES: dict[tuple, float] = {}
+
+
+def machine_conv_gflops(calls: list[tuple], reps: int = 5) -> float:
+    """FLOP-weighted throughput of plain ``nn.Conv2d`` forward+backward at every shape in ``calls``."""
+    import torch
+    flops = seconds = 0.0
+    for call in calls:
+        if call not in _CONV_TIMES:
+            (b, cin, h, w), (cout, _, kh, kw), stride, padding, dilation, groups, bias = call
+            conv = torch.nn.Conv2d(cin, cout, (kh, kw), stride, padding, dilation, groups, bias)
+            inp = torch.randn(b, cin, h, w, requires_grad=True)
+            for _ in range(2):
+                conv(inp).sum().backward()
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                conv(inp).sum().backward()
+                times.append(time.perf_counter() - t0)
+            _CONV_TIMES[call] = statistics.median(times)
+        flops += _conv_flops(call)
+        seconds += _CONV_TIMES[call]
+    return flops / seconds / 1e9
+
+
+def train_flops(impl: Impl) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        impl.train_step()
+    return counter.get_total_flops()
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+def measure_memory(impl: str, config: str, steps: int, threads: int, before: str | None) -> dict:
     """In a fresh process: max-RSS rise over building, ``steps`` train steps and sampling."""
     import torch
     torch.set_num_threads(threads)
-    import normflows  # noqa: F401  (imports of both sides before the baseline)
-    import flowlib.flows  # noqa: F401
+    import FrEIA.framework  # noqa: F401  (every side's imports before the baseline)
+    import normflows  # noqa: F401
+    import flowlib  # noqa: F401
+    if impl == "ours-before":
+        load_flowlib_at(before)
     _reset_peak()
     rss0 = _rss_mb()
-    model, train_step, sample, b = _setup(impl, config)
+    run = build(impl, config, before)
     for _ in range(steps):
-        train_step()
-    sample()
-    return {"params": sum(p.numel() for p in model.parameters()), "peak_rss_mb": _peak_mb() - rss0}
+        run.train_step()
+    run.sample()
+    return {"params": sum(p.numel() for p in run.params), "peak_rss_mb": _peak_mb() - rss0}
 
 
-def measure_speed(config: str, steps: int, threads: int) -> dict:
+def measure_speed(config: str, impls: list[str], rounds: int, threads: int, before: str | None) -> dict:
     """Every implementation in one process, timed round-robin, so load from other processes hits all alike."""
     import torch
     torch.set_num_threads(threads)
-    from torch.utils.flop_counter import FlopCounterMode
-    runs = {impl: _setup(impl, config) for impl in IMPLS}
-    flops = {}
-    for impl, (_, train_step, _, b) in runs.items():
-        with FlopCounterMode(display=False) as counter:
-            train_step()
-        flops[impl] = counter.get_total_flops() / b
-    times = {impl: {"train": [], "sample": []} for impl in IMPLS}
-    for i in range(steps):
-        for impl, (_, train_step, sample, b) in runs.items():
-            for kind, fn in (("train", train_step), ("sample", sample)):
+    runs = {}
+    for impl in impls:
+        t0 = time.perf_counter()
+        runs[impl] = build(impl, config, before)
+        runs[impl].train_step()  # warm-up (compilation, allocator, oneDNN primitive caches)
+        runs[impl].train_step()
+        runs[impl].sample()
+        print(f"  {config}/{impl}: built and warmed up in {time.perf_counter() - t0:.0f}s", file=sys.stderr,
+              flush=True)
+    out = {}
+    for impl, run in runs.items():
+        convs = _record_convs(run.train_step)
+        out[impl] = {"batch": run.batch, "params": sum(p.numel() for p in run.params),
+                     "train_gflop_per_img": train_flops(run) / run.batch / 1e9,
+                     "conv_gflop_s": machine_conv_gflops(convs)}
+    times = {impl: {"train": [], "sample": []} for impl in impls}
+    for i in range(rounds):
+        for impl, run in runs.items():
+            for kind, fn in (("train", run.train_step), ("sample", run.sample)):
                 t0 = time.perf_counter()
                 fn()
                 times[impl][kind].append(time.perf_counter() - t0)
-        print(f"  {config}: round {i + 1}/{steps}", file=sys.stderr, flush=True)
-    return {impl: {"batch": runs[impl][3], "train_gflop_per_img": flops[impl] / 1e9,
-                   "train_img_s": runs[impl][3] / statistics.median(times[impl]["train"]),
-                   "sample_img_s": runs[impl][3] / statistics.median(times[impl]["sample"])} for impl in IMPLS}
+        print(f"  {config}: round {i + 1}/{rounds}", file=sys.stderr, flush=True)
+    for impl, run in runs.items():
+        r = out[impl]
+        r["train_img_s"] = run.batch / statistics.median(times[impl]["train"])
+        r["sample_img_s"] = run.batch / statistics.median(times[impl]["sample"])
+        r["train_gflop_s"] = r["train_gflop_per_img"] * r["train_img_s"]
+        r["of_conv"] = r["train_gflop_s"] / r["conv_gflop_s"]
+    return out
+
+
+def _fmt_table(rows: list[dict]) -> str:
+    head = (f"{'config':9s} {'impl':13s} {'params':>9s} {'GFLOP/img':>9s} {'train img/s':>11s} "
+            f"{'sample img/s':>12s} {'peak MB':>8s} {'GFLOP/s':>8s} {'conv GFLOP/s':>12s} {'of conv':>7s}")
+    lines = [head]
+    for r in rows:
+        lines.append(f"{r['config']:9s} {r['impl']:13s} {r['params']:9d} {r['train_gflop_per_img']:9.3f} "
+                     f"{r['train_img_s']:11.2f} {r['sample_img_s']:12.2f} {r['peak_rss_mb']:8.1f} "
+                     f"{r['train_gflop_s']:8.1f} {r['conv_gflop_s']:12.1f} {r['of_conv']:7.1%}")
+    return "\n".join(lines)
+
+
+def _fmt_ratios(rows: list[dict], configs: list[str]) -> str:
+    lines = []
+    for config in configs:
+        by = {r["impl"]: r for r in rows if r["config"] == config}
+        peers = [by[p] for p in PEERS if p in by]
+        for ours in ("ours", "ours-compiled"):
+            if ours not in by:
+                continue
+            a = by[ours]
+            if peers:
+                train_peer = max(peers, key=lambda r: r["train_img_s"])
+                sample_peer = max(peers, key=lambda r: r["sample_img_s"])
+                lines.append(f"{config:9s} {ours:13s} train {a['train_img_s'] / train_peer['train_img_s']:.2f}x the "
+                             f"faster peer ({train_peer['impl']}), sample "
+                             f"{a['sample_img_s'] / sample_peer['sample_img_s']:.2f}x ({sample_peer['impl']})")
+            if "ours-before" in by:
+                b = by["ours-before"]
+                lines.append(f"{config:9s} {ours:13s} train {a['train_img_s'] / b['train_img_s']:.2f}x "
+                             f"ours-before, sample {a['sample_img_s'] / b['sample_img_s']:.2f}x")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=6, help="timed train steps per model (median reported)")
+    p.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--impls", nargs="+", default=None,
+                   help="subset of ours ours-compiled ours-before normflows freia (default: all that apply)")
+    p.add_argument("--rounds", type=int, default=8, help="timed round-robin rounds (median reported)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    p.add_argument("--json", type=Path, help="also write the results here (atomically)")
+    p.add_argument("--before", metavar="REV", help="also time flowlib as of this git revision (ours-before)")
+    p.add_argument("--no-compile", action="store_true", help="leave out ours-compiled")
+    p.add_argument("--json", type=Path, help="also write the rows and ratios here (atomically)")
     p.add_argument("--one", nargs=2, metavar=("IMPL", "CONFIG"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning)
     if args.one:
-        print(json.dumps(measure_memory(args.one[0], args.one[1], 3, args.threads)))
+        print(json.dumps(measure_memory(args.one[0], args.one[1], 3, args.threads, args.before)))
         return 0
+    impls = args.impls or (["ours"] + ([] if args.no_compile else ["ours-compiled"])
+                           + (["ours-before"] if args.before else []) + list(PEERS))
+    if "ours-before" in impls and not args.before:
+        raise SystemExit("--impls ours-before needs --before REV")
 
     rows = []
     t_start = time.monotonic()
-    for config in args.configs:
-        speed = measure_speed(config, args.steps, args.threads)
-        for impl in IMPLS:
-            out = subprocess.run([sys.executable, __file__, "--one", impl, config, "--threads", str(args.threads)],
-                                 capture_output=True, text=True,
-                                 env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                                     [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])})
+    for n, config in enumerate(args.configs, 1):
+        speed = measure_speed(config, impls, args.rounds, args.threads, args.before)
+        for impl in impls:
+            cmd = [sys.executable, __file__, "--one", impl, config, "--threads", str(args.threads)]
+            out = subprocess.run(cmd + (["--before", args.before] if args.before else []), capture_output=True,
+                                 text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                     [str(ROOT), os.environ.get("PYTHONPATH", "")])})
             if out.returncode:
                 print(out.stderr, file=sys.stderr)
                 raise SystemExit(f"memory benchmark {impl}/{config} failed (exit {out.returncode})")
-            rows.append({"config": config, "impl": impl, **speed[impl], **json.loads(out.stdout.splitlines()[-1])})
-        done = args.configs.index(config) + 1
+            mem = json.loads(out.stdout.splitlines()[-1])
+            rows.append({"config": config, "impl": impl, **speed[impl], "peak_rss_mb": mem["peak_rss_mb"]})
         elapsed = time.monotonic() - t_start
-        print(f"[{done}/{len(args.configs)}] {config} done; {elapsed:.0f}s elapsed, "
-              f"ETA {elapsed / done * (len(args.configs) - done):.0f}s", file=sys.stderr, flush=True)
+        print(f"[{n}/{len(args.configs)}] {config} done; {elapsed:.0f}s elapsed, "
+              f"ETA {elapsed / n * (len(args.configs) - n):.0f}s", file=sys.stderr, flush=True)
 
-    print(f"{'config':7s} {'impl':11s} {'params':>9s} {'GFLOP/img':>10s} {'train img/s':>12s} {'sample img/s':>13s} "
-          f"{'peak MB':>8s}")
-    for r in rows:
-        print(f"{r['config']:7s} {r['impl']:11s} {r['params']:9d} {r['train_gflop_per_img']:10.3f} "
-              f"{r['train_img_s']:12.2f} {r['sample_img_s']:13.2f} {r['peak_rss_mb']:8.1f}")
-    print("\nratio ours-noenc / normflows (>1: ours faster or, for memory, larger):")
-    for config in args.configs:
-        by = {r["impl"]: r for r in rows if r["config"] == config}
-        a, b = by["ours-noenc"], by["normflows"]
-        work = a["train_gflop_per_img"] / b["train_gflop_per_img"]
-        print(f"{config:7s} train {a['train_img_s'] / b['train_img_s']:.2f}x  sample "
-              f"{a['sample_img_s'] / b['sample_img_s']:.2f}x  peak-mem {a['peak_rss_mb'] / max(b['peak_rss_mb'], 1e-9):.2f}x"
-              f"  (ours does {work:.2f}x the FLOPs per train step: {work * a['train_img_s'] / b['train_img_s']:.2f}x "
-              "the FLOP/s)")
+    import torch
+    print(f"# {datetime.datetime.now().isoformat(timespec='minutes')}  {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads, {args.rounds} rounds, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(_fmt_table(rows))
+    print("\nratios (img/s; >1: ours faster):")
+    print(_fmt_ratios(rows, args.configs))
     if args.json:
         tmp = args.json.with_suffix(args.json.suffix + ".tmp")
-        tmp.write_text(json.dumps(rows, indent=2))
+        tmp.write_text(json.dumps({"threads": args.threads, "rounds": args.rounds, "before": args.before,
+                                   "rows": rows}, indent=2))
         tmp.replace(args.json)
     return 0
 

@@ -16,6 +16,7 @@ the real DRIVE.zip, the DRIVE rows measure the real 565x584 images. Prints a mar
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -29,9 +30,9 @@ from pipelines.params import load_params
 from pipelines.training.worker import train_loader
 
 
-def measure(exp: dict, dest: str, workers: int, seconds: float) -> float:
+def measure(exp, dest: str, workers: int, seconds: float) -> float:
     """Samples/s of the experiment's (endless) training loader over ``seconds``, worker start-up included."""
-    exp = {**exp, "data": {**exp["data"], "num_workers": workers}}
+    exp = dataclasses.replace(exp, data=dataclasses.replace(exp.data, num_workers=workers))
     n, start = 0, time.perf_counter()
     for batch in train_loader(exp, dest):
         n += len(batch["key"])
@@ -65,8 +66,8 @@ def main() -> None:
     print("| experiment | dataset | options | batch | loader workers | loader samples/s | train samples/s | margin |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in names:
-        exp = params.experiment(name).to_dict()
-        data = exp["data"]
+        exp = params.experiment(name)
+        data = exp.to_dict()["data"]
         dest = os.path.join(args.data, data["dataset"])
         if not os.path.exists(os.path.join(dest, "manifest.json")):
             if tmp is None:
@@ -82,7 +83,7 @@ def main() -> None:
             rate = measure(exp, dest, workers, args.seconds)
             margin = f"{rate / train_rate:.1f}x" if train_rate else "-"
             train_shown = f"{train_rate:.1f}" if train_rate else "-"
-            print(f"| {name} | {data['dataset']} | {shown} | {exp['train']['batch_size']} | {workers} | {rate:.0f} "
+            print(f"| {name} | {data['dataset']} | {shown} | {exp.train.batch_size} | {workers} | {rate:.0f} "
                   f"| {train_shown} | {margin} |", flush=True)
     if tmp is not None:
         tmp.cleanup()

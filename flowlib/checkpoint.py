@@ -94,9 +94,9 @@ def load_checkpoint(source: Union[str, os.PathLike], map_location: Any = "cpu") 
 
 def load_model(source: Union[str, os.PathLike], map_location: Any = "cpu") -> nn.Module:
     """Rebuild the model from the checkpoint's ``config`` (``build_model``) and load its weights (strict)."""
-    from .models import build_model
+    from .models import build_model, upgrade_config
 
     ckpt = load_checkpoint(source, map_location)
-    model = build_model(**ckpt["config"])
+    model = build_model(**upgrade_config(ckpt["config"]))  # option names renamed since it was saved
     model.load_state_dict(ckpt["state_dict"])
     return model.to(map_location) if isinstance(map_location, (str, torch.device)) else model

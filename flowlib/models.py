@@ -8,11 +8,15 @@ docs/architecture.md). Prediction is the sample mean of Lu & Huang 2020, sec. 4.
 .. math:: \hat y = \frac{1}{N}\sum_{n=1}^{N} y^{(n)}, \qquad y^{(n)} \sim p(y|x),
 
 rounded for binary and 8-bit targets, and the most frequent class for categorical targets.
+
+``MODEL_OPTIONS`` declares, per family, every option ``build_model`` accepts (type, allowed values, meaning);
+``pipelines.params`` validates params.yaml's ``model`` sections against the same declaration.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,15 +24,16 @@ from torch import Tensor, nn
 
 from .baselines import BASELINE_ENCODERS, build_baseline, count_parameters
 from .dequantize import DEQUANTIZATIONS, build_dequantizer, quantize
-from .flows import build_flow
+from .flows import COUPLINGS, ENCODERS, build_flow
+from .subnets import SUBNETS
 
-__all__ = ["StructuredModel", "FlowModel", "FactorizedModel", "build_model", "parameter_counts",
-           "FAMILIES", "TARGETS"]
+__all__ = ["StructuredModel", "FlowModel", "FactorizedModel", "build_model", "parameter_counts", "upgrade_config",
+           "Option", "MODEL_OPTIONS", "FAMILIES", "TARGETS"]
 
 FAMILIES = ("cnf", "cglow", "factorized")
 TARGETS = ("image8", "binary", "categorical", "continuous")
 # Quantization levels per element of the flow's y (categorical: each one-hot channel is binary).
-LEVELS = {"image8": 256, "binary": 2, "categorical": 2}
+QUANTIZATION_LEVELS = {"image8": 256, "binary": 2, "categorical": 2}
 # Dequantizations each discrete target admits, the first being the default. Binary CNF: Winkler et al. 2019,
 # sec. 3.2 ("CNF uniform" is their Table 3 ablation); 8-bit SR: uniform noise (sec. 5.1); c-Glow: uniform.
 DEQUANTIZATION_CHOICES = {"image8": ("uniform", "variational"), "binary": ("binary", "uniform", "variational"),
@@ -36,19 +41,141 @@ DEQUANTIZATION_CHOICES = {"image8": ("uniform", "variational"), "binary": ("bina
 BASELINE_OF = {"image8": "logistic", "binary": "bernoulli", "categorical": "categorical", "continuous": "gaussian"}
 DEFAULT_BASELINE_ENCODER = {"image8": "rrdb", "binary": "vgg", "categorical": "conditioning",
                             "continuous": "conditioning"}
-# `encoder_options` keys (params.yaml) -> flat option names of build_flow / build_baseline
+
+
+# ------------------------------------------------------------------------------------------- the options schema
+
+
+@dataclass(frozen=True)
+class Option:
+    """One keyword option of :func:`build_model`: the values it takes and what it sets.
+
+    ``kind`` is ``int``, ``float``, ``str``, ``bool`` or ``dict`` (a nested mapping whose keys are ``fields``);
+    ``choices`` lists the allowed values of a string option; ``positive`` asks a number to be > 0. The defaults
+    are the builders' (``flowlib.flows``, ``flowlib.baselines``), applied when the option is absent.
+    """
+
+    kind: type
+    doc: str
+    choices: tuple = ()
+    positive: bool = False
+    fields: Optional[Mapping[str, "Option"]] = None
+
+
+def _encoder_options(*, scales: bool) -> dict[str, Option]:
+    opts = {"blocks": Option(int, "RRDB blocks", positive=True),
+            "growth": Option(int, "RRDB growth channels", positive=True),
+            "context_channels": Option(int, "channels of the RRDB features h", positive=True),
+            "width": Option(int, "channels of the VGG (and c-Glow feature net) blocks", positive=True)}
+    if scales:
+        opts["scales"] = Option(int, "VGG outputs, one per resolution (the flows' VGG has one per flow level)",
+                                positive=True)
+    return opts
+
+
+# `encoder_options` keys -> the flat option names of build_flow / build_baseline (flat names are accepted too)
 ENCODER_OPTION_NAMES = {"blocks": "encoder_blocks", "growth": "encoder_growth", "context_channels": "context_channels",
-                        "width": "encoder_width", "levels": "encoder_levels"}
+                        "width": "encoder_width", "scales": "encoder_scales"}
+
+
+def _with_flat(encoder_options: Mapping[str, Option]) -> dict[str, Option]:
+    return {ENCODER_OPTION_NAMES[k]: Option(o.kind, f"{o.doc} (flat form of encoder_options.{k})", o.choices,
+                                            o.positive) for k, o in encoder_options.items()}
+
+
+_CNF_ENCODER = _encoder_options(scales=False)
+_FACTORIZED_ENCODER = _encoder_options(scales=True)
+_FLOW_COMMON = {
+    "levels": Option(int, "flow levels L (squeeze, K steps, split)", positive=True),
+    "steps": Option(int, "flow steps K per level", positive=True),
+    "hidden": Option(int, "width of the coupling and prior networks", positive=True),
+}
+_FLOW_DISCRETE = {
+    "dequantization": Option(str, "dequantizer of a discrete target (default per target)", DEQUANTIZATIONS),
+    "dequantizer_steps": Option(int, "coupling steps of the variational/binary dequantizer (2)", positive=True),
+    "dequantizer_hidden": Option(int, "width of the dequantizer (= hidden)", positive=True),
+    "num_classes": Option(int, "classes K of a categorical target (required there)", positive=True),
+    "residual": Option(float, "continuous y with x of y's shape: the flow models y - residual * x"),
+    "coupling": Option(str, "coupling layer", COUPLINGS),
+    "subnet": Option(str, "coupling subnet", SUBNETS),
+}
+#: Every option ``build_model`` accepts, per family: the one declaration that ``pipelines.params`` validates
+#: ``params.yaml`` against. ``build_model`` refuses any other name, naming the allowed ones.
+MODEL_OPTIONS: dict[str, dict[str, Option]] = {
+    "cnf": {
+        **_FLOW_COMMON,
+        "encoder": Option(str, "encoder g(x) of the features h", ENCODERS),
+        "encoder_options": Option(dict, "encoder sizes", fields=_CNF_ENCODER),
+        **_FLOW_DISCRETE,
+        "lu": Option(bool, "LU-parametrised 1x1 convolutions"),
+        **_with_flat(_CNF_ENCODER),
+    },
+    "cglow": {
+        **_FLOW_COMMON,
+        "cond_hidden": Option(int, "sets cond_channels, cond_fc_width and coupling_cond_channels unless given",
+                              positive=True),
+        **_FLOW_DISCRETE,
+        "cond_channels": Option(int, "conv width of the conditioning networks", positive=True),
+        "cond_fc_width": Option(int, "fully connected width of the conditioning networks", positive=True),
+        "coupling_cond_channels": Option(int, "width of the coupling's feature network on x", positive=True),
+    },
+    "factorized": {
+        "hidden": Option(int, "width of the head", positive=True),
+        "encoder": Option(str, "encoder g(x) (default per target)", BASELINE_ENCODERS),
+        "encoder_options": Option(dict, "encoder sizes", fields=_FACTORIZED_ENCODER),
+        "beta": Option(float, "weighted Bernoulli exponent on the positive term (binary; eq. 9)", positive=True),
+        "param_budget": Option(int, "choose hidden to match this parameter count", positive=True),
+        "num_classes": Option(int, "classes K of a categorical target (required there)", positive=True),
+        **_with_flat(_FACTORIZED_ENCODER),
+    },
+}
+# Option names of checkpoints written before a rename -> today's, per family (factorized models called the
+# number of VGG outputs `levels`, the word the flows use for flow levels).
+_RENAMED = {"factorized": {"levels": "encoder_scales", "encoder_levels": "encoder_scales"}}
+_RENAMED_ENCODER = {"factorized": {"levels": "scales"}}
+
+
+def check_options(family: str, options: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the first option (or ``encoder_options`` key) ``family`` does not take."""
+    schema = MODEL_OPTIONS[family]
+    for name, value in options.items():
+        if name not in schema:
+            takers = [f for f in FAMILIES if name in MODEL_OPTIONS[f]]
+            hint = f" (an option of family {', '.join(map(repr, takers))})" if takers else ""
+            raise ValueError(f"build_model: option {name} is not an option of family={family!r}{hint}; "
+                             f"allowed: {', '.join(schema)}")
+        fields = schema[name].fields
+        if fields is not None and value is not None:
+            if not isinstance(value, Mapping):
+                raise ValueError(f"build_model: option {name} must be a mapping, got {type(value).__name__}")
+            for key in value:
+                if key not in fields:
+                    raise ValueError(f"build_model: option {name}.{key} is not an option of family={family!r}; "
+                                     f"allowed: {', '.join(fields)}")
+
+
+def upgrade_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's ``config`` with option names from before a rename replaced by today's (else unchanged).
+
+    So ``load_model`` rebuilds models saved by older code: factorized ``levels`` / ``encoder_levels`` /
+    ``encoder_options.levels`` (VGG outputs) are ``encoder_scales`` / ``encoder_options.scales`` now.
+    """
+    out = dict(config)
+    family = out.get("family")
+    for old, new in _RENAMED.get(family, {}).items():
+        if old in out:
+            out[new] = out.pop(old)
+    nested = out.get("encoder_options")
+    if isinstance(nested, Mapping):
+        renamed = _RENAMED_ENCODER.get(family, {})
+        out["encoder_options"] = {renamed.get(k, k): v for k, v in nested.items()}
+    return out
 
 
 def _flatten_encoder_options(options: dict[str, Any]) -> dict[str, Any]:
     opts = dict(options)
     nested = opts.pop("encoder_options", None) or {}
-    if not isinstance(nested, dict):
-        raise ValueError(f"build_model: option encoder_options must be a mapping, got {type(nested).__name__}")
     for key, value in nested.items():
-        if key not in ENCODER_OPTION_NAMES:
-            raise ValueError(f"build_model: option encoder_options.{key} not in {sorted(ENCODER_OPTION_NAMES)}")
         flat = ENCODER_OPTION_NAMES[key]
         if flat in opts and opts[flat] != value:
             raise ValueError(f"build_model: encoder_options.{key}={value!r} conflicts with {flat}={opts[flat]!r}")
@@ -132,7 +259,7 @@ class FlowModel(StructuredModel):
         self.dequantizer = dequantizer
         self.target = target
         self.num_classes = num_classes
-        self.levels = LEVELS.get(target)
+        self.quantization_levels = QUANTIZATION_LEVELS.get(target)
         self.residual = float(residual) if residual else None
 
     def _offset(self, x: Tensor, like: Tensor) -> Tensor | float:
@@ -184,7 +311,7 @@ class FlowModel(StructuredModel):
         v = v + 0.5
         if self.target == "categorical":
             return v.argmax(dim=1, keepdim=True).to(v.dtype)
-        return quantize(v, self.levels)
+        return quantize(v, self.quantization_levels)
 
 
 class FactorizedModel(StructuredModel):
@@ -228,23 +355,26 @@ def build_model(family: str, target: str, y_shape: Sequence[int], x_shape: Seque
     ``family in {"cnf", "cglow", "factorized"}``, ``target in {"image8", "binary", "categorical",
     "continuous"}``; shapes are ``(C, H, W)`` of one data-space sample (categorical: ``C = 1`` of class indices).
 
-    Options (errors name the option and the allowed values):
-      - every family: ``hidden``, ``encoder``, ``encoder_options`` (``blocks``, ``growth``,
-        ``context_channels``, ``width``, ``levels``; flattened to ``encoder_*``), ``num_classes`` (categorical,
-        required).
+    Options: exactly those of ``MODEL_OPTIONS[family]`` (each declared with its type, allowed values and
+    meaning; any other name raises a ``ValueError`` listing the allowed ones):
+      - every family: ``hidden``, ``num_classes`` (categorical targets, required); ``encoder`` and
+        ``encoder_options`` (``blocks``, ``growth``, ``context_channels``, ``width``; factorized also ``scales``,
+        the VGG outputs), also accepted flat as ``encoder_blocks``, ``encoder_growth``, ``context_channels``,
+        ``encoder_width``, ``encoder_scales``; c-Glow has no encoder (it conditions through its own networks).
       - flows: ``levels``, ``steps``, ``dequantization`` (per target, see ``DEQUANTIZATION_CHOICES``),
-        ``dequantizer_steps`` (2), ``dequantizer_hidden`` (= ``hidden``), ``cond_hidden`` (c-Glow: sets
-        ``cond_channels``, ``cond_fc_width`` and ``coupling_cond_channels`` unless given); every other option
-        goes to ``build_flow`` (which rejects unknown ones); ``residual`` (continuous targets, ``x`` of ``y``'s
-        shape: the flow models ``y - residual * x``, c-Glow's residual denoising).
+        ``dequantizer_steps`` (2), ``dequantizer_hidden`` (= ``hidden``), ``coupling``, ``subnet``,
+        ``residual`` (continuous targets, ``x`` of ``y``'s shape: the flow models ``y - residual * x``, c-Glow's
+        residual denoising); cnf: ``lu``; cglow: ``cond_hidden`` (sets ``cond_channels``, ``cond_fc_width``
+        and ``coupling_cond_channels`` unless given) and those three.
       - factorized: ``beta`` (weighted Bernoulli, eq. 9), ``param_budget`` (choose ``hidden`` to match a
-        parameter count), ``levels`` (VGG encoder outputs), ``encoder`` in ``BASELINE_ENCODERS`` with a
-        per-target default (RRDB for 8-bit SR, VGG for binary DRIVE, c-Glow's feature net otherwise).
+        parameter count), ``encoder`` in ``BASELINE_ENCODERS`` with a per-target default (RRDB for 8-bit SR,
+        VGG for binary DRIVE, c-Glow's feature net otherwise).
 
     The model's ``config`` rebuilds it: ``build_model(**model.config)``.
     """
     _check_choice("family", family, FAMILIES)
     _check_choice("target", target, TARGETS)
+    check_options(family, options)
     y_shape = [int(s) for s in y_shape]
     x_shape = [int(s) for s in x_shape]
     if len(y_shape) != 3 or len(x_shape) != 3:
@@ -262,11 +392,8 @@ def build_model(family: str, target: str, y_shape: Sequence[int], x_shape: Seque
     config = {"family": family, "target": target, "y_shape": y_shape, "x_shape": x_shape, **options}
 
     if family == "factorized":
-        for key in ("steps", "dequantization", "dequantizer_steps", "dequantizer_hidden", "cond_hidden", "residual"):
-            if key in opts:
-                raise ValueError(f"build_model: option {key} is for flows, not family='factorized'")
-        if "levels" in opts:
-            opts["encoder_levels"] = opts.pop("levels")
+        if "encoder_scales" in opts:  # build_baseline's name for the VGG outputs
+            opts["encoder_levels"] = opts.pop("encoder_scales")
         opts.setdefault("encoder", DEFAULT_BASELINE_ENCODER[target])
         _check_choice("encoder", opts["encoder"], BASELINE_ENCODERS)
         if "beta" in opts and target != "binary":
@@ -281,24 +408,13 @@ def build_model(family: str, target: str, y_shape: Sequence[int], x_shape: Seque
         model.config = config
         return model
 
-    if "beta" in opts or "param_budget" in opts:
-        raise ValueError(f"build_model: options beta and param_budget are for family='factorized', not {family!r}")
-    if "encoder_levels" in opts:
-        raise ValueError("build_model: option encoder_options.levels is for factorized baselines; a flow's VGG "
-                         "encoder has one output per flow level (option levels)")
     deq_kind = opts.pop("dequantization", None)
     deq_steps = int(opts.pop("dequantizer_steps", 2))
     deq_hidden = opts.pop("dequantizer_hidden", None)
     cond_hidden = opts.pop("cond_hidden", None)
     if cond_hidden is not None:
-        if family != "cglow":
-            raise ValueError(f"build_model: option cond_hidden is for family='cglow', not {family!r}")
         for key in ("cond_channels", "cond_fc_width", "coupling_cond_channels"):
             opts.setdefault(key, int(cond_hidden))
-    if family == "cglow":
-        if opts.pop("encoder", None) is not None:
-            raise ValueError("build_model: option encoder is for family='cnf' (c-Glow conditions through its "
-                             "own conditioning networks)")
 
     residual = opts.pop("residual", None)
     if residual is not None:
@@ -320,8 +436,8 @@ def build_model(family: str, target: str, y_shape: Sequence[int], x_shape: Seque
         _check_choice(f"dequantization (target={target!r})", deq_kind, choices)
         flow_shape = [num_classes, *y_shape[1:]] if target == "categorical" else y_shape
         hidden = int(deq_hidden if deq_hidden is not None else opts.get("hidden", 32))
-        dequantizer = build_dequantizer(deq_kind, flow_shape, x_shape, levels=LEVELS[target], steps=deq_steps,
-                                        hidden=hidden)
+        dequantizer = build_dequantizer(deq_kind, flow_shape, x_shape, levels=QUANTIZATION_LEVELS[target],
+                                        steps=deq_steps, hidden=hidden)
     flow = build_flow(family, flow_shape, x_shape, **opts)
     model = FlowModel(flow, dequantizer, target, num_classes, residual)
     model.config = config

@@ -12,6 +12,10 @@ Layout (see docs/architecture.md)::
 ``--set key=value`` overrides are applied before validation; values are parsed as YAML (``1e-3`` counts as a
 float). A key may be absolute (``experiments.drive_cnf.train.lr``) or, when an experiment is chosen, relative to
 it (``train.lr``). Overrides may not invent keys: the key must be a schema field or already present.
+
+``model`` is typed per family (``MODEL_PARAMS``: the options ``flowlib.models.MODEL_OPTIONS`` declares for
+``build_model``), so a misspelt option is refused here, naming ``experiments.<name>.model.<key>`` (or
+``defaults.model.<key>`` when the value came from ``defaults``) and the allowed keys, before any stage runs.
 """
 from __future__ import annotations
 
@@ -25,12 +29,27 @@ from typing import Any, Literal, Mapping, Optional, Union
 
 import yaml
 
+from flowlib.models import FAMILIES, MODEL_OPTIONS, Option
+
 POSITIVE = {"check": "positive"}
 NON_NEGATIVE = {"check": "non-negative"}
 
 
 class ParamsError(ValueError):
-    """A params.yaml value is missing, unknown or of the wrong type; the message names the key path."""
+    """A params.yaml value is missing, unknown or of the wrong type; the message names the key path.
+
+    ``key`` is that path (``experiments.drive_cnf.model.encoder``) and ``problem`` the rest of the message,
+    when the error is about one key.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, problem: str | None = None):
+        super().__init__(message)
+        self.key, self.problem = key, problem
+
+
+def _fail(path: str, problem: str) -> ParamsError:
+    """The error for key ``path``: ``"<path>: <problem>"``."""
+    return ParamsError(f"{path}: {problem}", key=path, problem=problem)
 
 
 # ---------------------------------------------------------------------------------------------------------- schema
@@ -68,26 +87,61 @@ class DataParams:
 
 @dataclass(frozen=True)
 class ModelParams:
-    """Arguments of ``flowlib.build_model``; known keys are typed, any other key is passed through as an option."""
+    """Arguments of ``flowlib.build_model``: one subclass per family (``MODEL_PARAMS``), chosen by ``family``.
 
-    family: Literal["cnf", "cglow", "factorized"]
-    levels: Optional[int] = field(default=None, metadata=POSITIVE)
-    steps: Optional[int] = field(default=None, metadata=POSITIVE)
-    hidden: Optional[int] = field(default=None, metadata=POSITIVE)
-    encoder: Optional[str] = None
-    dequantization: Optional[Literal["uniform", "variational", "binary"]] = None
-    beta: Optional[float] = field(default=None, metadata=POSITIVE)
-    num_classes: Optional[int] = field(default=None, metadata=POSITIVE)
-    options: dict = field(default_factory=dict)
+    The fields of each family are generated from ``flowlib.models.MODEL_OPTIONS``, the declaration
+    ``build_model`` itself checks its options against, so what validates here is what builds there. Every
+    option is optional (``None``: flowlib's default); ``encoder_options`` is a nested dataclass.
+    """
 
-    _passthrough = "options"
+    family: str
 
     def build_options(self) -> dict:
         """Keyword options for ``build_model(family, target, y_shape, x_shape, **options)`` (unset keys omitted)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name not in ("family", "options") and getattr(self, f.name) is not None}
-        out.update(self.options)
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value = {k: v for k, v in dataclasses.asdict(value).items() if v is not None} or None
+            if f.name != "family" and value is not None:
+                out[f.name] = value
         return out
+
+
+def _options_class(name: str, options: Mapping[str, Option], doc: str, *, family: str | None = None,
+                   nested: Mapping[str, type] | None = None) -> type:
+    """A frozen dataclass with one optional field per option (typed, ``choices`` as a Literal, checks)."""
+    fields: list = [("family", Literal[family])] if family else []
+    for key, option in options.items():
+        if option.fields is not None:
+            tp = nested[key]
+        elif option.choices:
+            tp = Literal[tuple(option.choices)]
+        else:
+            tp = option.kind
+        metadata = {"doc": option.doc, **(POSITIVE if option.positive else {})}
+        fields.append((key, Optional[tp], field(default=None, metadata=metadata)))
+    # A module-level name and __module__, so instances pickle (Ray hands them to its workers).
+    return dataclasses.make_dataclass(name, fields, bases=(ModelParams,) if family else (), frozen=True,
+                                      namespace={"__module__": __name__, "__doc__": doc})
+
+
+def _family_classes(family: str, prefix: str) -> tuple[type, type | None]:
+    options = MODEL_OPTIONS[family]
+    encoder = options.get("encoder_options")
+    enc_cls = None if encoder is None else _options_class(
+        f"{prefix}EncoderOptions", encoder.fields, f"``model.encoder_options`` of family {family!r}.")
+    model_cls = _options_class(f"{prefix}ModelParams", options,
+                               f"``model`` of family {family!r} (``flowlib.models.MODEL_OPTIONS[{family!r}]``).",
+                               family=family, nested={"encoder_options": enc_cls} if enc_cls else {})
+    return model_cls, enc_cls
+
+
+CnfModelParams, CnfEncoderOptions = _family_classes("cnf", "Cnf")
+CglowModelParams, _ = _family_classes("cglow", "Cglow")
+FactorizedModelParams, FactorizedEncoderOptions = _family_classes("factorized", "Factorized")
+MODEL_PARAMS: dict[str, type] = {"cnf": CnfModelParams, "cglow": CglowModelParams,
+                                 "factorized": FactorizedModelParams}
 
 
 @dataclass(frozen=True)
@@ -102,7 +156,6 @@ class TrainParams:
     log_every: int = field(default=10, metadata=POSITIVE)
     seed: int = 0
     max_nonfinite: int = field(default=20, metadata=POSITIVE)  # consecutive skipped steps before giving up
-    fail_at_step: Optional[int] = field(default=None, metadata=POSITIVE)  # TEST ONLY: rank 1 dies once here
 
 
 @dataclass(frozen=True)
@@ -146,9 +199,9 @@ class ExperimentParams:
     sweep: SweepParams = field(default_factory=SweepParams)
 
     def to_dict(self) -> dict:
-        """Plain nested dict (JSON/YAML-safe), e.g. to hand to Ray workers or log as an artifact."""
+        """Plain nested dict (JSON/YAML-safe), e.g. to log as an artifact; ``model`` holds only the set options."""
         out = _plain(dataclasses.asdict(self))
-        out["model"].update(out["model"].pop("options"))  # pass-through options sit beside the typed keys
+        out["model"] = _plain({"family": self.model.family, **self.model.build_options()})
         return out
 
     def flatten(self) -> dict:
@@ -179,8 +232,6 @@ class Params:
 OTHER_SECTIONS = ("sweeps", "scores", "benchmarks", "tables", "figures")
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-_SECTIONS = {"data": DataParams, "model": ModelParams, "train": TrainParams, "scaling": ScalingParams,
-             "eval": EvalParams, "sweep": SweepParams}
 
 
 def _plain(obj):
@@ -211,55 +262,59 @@ def _convert(tp, value, path: str, check: str | None = None):
         return _convert(inner, value, path, check)
     if origin is Literal:
         if value not in typing.get_args(tp):
-            raise ParamsError(f"{path}: expected {_describe(tp)}, got {value!r}")
+            raise _fail(path, f"expected {_describe(tp)}, got {value!r}")
         return value
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path)
     adjective = {"positive": "a positive ", "non-negative": "a non-negative ", "min-1": "an "}.get(check, "")
     if tp is bool:
         if not isinstance(value, bool):
-            raise ParamsError(f"{path}: expected a boolean (true/false), got {value!r}")
+            raise _fail(path, f"expected a boolean (true/false), got {value!r}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if not (isinstance(value, float) and value.is_integer()):
-                raise ParamsError(f"{path}: expected {adjective or 'an '}integer"
+                raise _fail(path, f"expected {adjective or 'an '}integer"
                                   f"{' >= -1' if check == 'min-1' else ''}, got {value!r}")
             value = int(value)
     elif tp is float:
         if isinstance(value, str) and _NUMBER.match(value.strip()):
             value = float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ParamsError(f"{path}: expected {adjective or 'a '}float, got {value!r}")
+            raise _fail(path, f"expected {adjective or 'a '}float, got {value!r}")
         value = float(value)
     elif tp is str:
         if not isinstance(value, str):
-            raise ParamsError(f"{path}: expected a string, got {value!r}")
+            raise _fail(path, f"expected a string, got {value!r}")
         return value
     elif tp is dict:
         if value is None:
             return {}
         if not isinstance(value, Mapping):
-            raise ParamsError(f"{path}: expected a mapping, got {value!r}")
+            raise _fail(path, f"expected a mapping, got {value!r}")
         return dict(value)
     elif tp is tuple:
         if isinstance(value, str):
             return (value,)
         if not isinstance(value, (list, tuple)):
-            raise ParamsError(f"{path}: expected a list, got {value!r}")
+            raise _fail(path, f"expected a list, got {value!r}")
         return tuple(value)
     if check == "positive" and not value > 0:
-        raise ParamsError(f"{path}: expected a positive {'integer' if tp is int else 'float'}, got {value!r}")
+        raise _fail(path, f"expected a positive {'integer' if tp is int else 'float'}, got {value!r}")
     if check == "non-negative" and not value >= 0:
-        raise ParamsError(f"{path}: expected a non-negative {'integer' if tp is int else 'float'}, got {value!r}")
+        raise _fail(path, f"expected a non-negative {'integer' if tp is int else 'float'}, got {value!r}")
     if check == "min-1" and value < -1:
-        raise ParamsError(f"{path}: expected an integer >= -1, got {value!r}")
+        raise _fail(path, f"expected an integer >= -1, got {value!r}")
     return value
 
 
 def _build(cls, raw, path: str):
     if not isinstance(raw, Mapping):
-        raise ParamsError(f"{path}: expected a mapping, got {raw!r}")
+        raise _fail(path, f"expected a mapping, got {raw!r}")
+    if cls is ModelParams:  # the family decides which options exist
+        if "family" not in raw:
+            raise _fail(path, "missing required key(s): family")
+        cls = MODEL_PARAMS[_convert(Literal[FAMILIES], raw["family"], f"{path}.family")]
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     passthrough = getattr(cls, "_passthrough", None)
@@ -274,13 +329,14 @@ def _build(cls, raw, path: str):
             extra[key] = value
         else:
             allowed = ", ".join(k for k in fields)
-            raise ParamsError(f"{path}.{key}: unknown key; allowed keys: {allowed}")
+            family = f" for family {raw['family']!r}" if issubclass(cls, ModelParams) else ""
+            raise _fail(f"{path}.{key}", f"unknown key{family}; allowed keys: {allowed}")
     if passthrough is not None:
         values[passthrough] = extra
     missing = [k for k, f in fields.items() if k not in values
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
-        raise ParamsError(f"{path}: missing required key(s): {', '.join(missing)}")
+        raise _fail(path, f"missing required key(s): {', '.join(missing)}")
     return cls(**values)
 
 
@@ -298,32 +354,55 @@ def _parse_value(text: str):
     return value
 
 
-def _schema_fields(path: list[str]) -> list[str]:
+def _sections_at(path: list[str], family: str | None) -> list[type]:
+    """The schema dataclasses at ``path`` below ``experiments.<name>`` ([] when ``path`` is not a section).
+
+    ``model`` is the class of ``family`` (every family's when it is not known yet).
+    """
+    classes: list[type] = [ExperimentParams]
+    for part in path:
+        found: list[type] = []
+        for cls in classes:
+            tp = typing.get_type_hints(cls).get(part) if part in {f.name for f in dataclasses.fields(cls)} else None
+            if typing.get_origin(tp) is Union:
+                tp = next(a for a in typing.get_args(tp) if a is not type(None))
+            if tp is ModelParams:
+                found += [MODEL_PARAMS[family]] if family in MODEL_PARAMS else list(MODEL_PARAMS.values())
+            elif dataclasses.is_dataclass(tp):
+                found.append(tp)
+        classes = found
+    return classes
+
+
+def _schema_fields(path: list[str], family: str | None = None) -> list[str]:
     """Field names of the schema section at ``path`` (below ``experiments.<name>``), [] when not a section."""
-    cls = ExperimentParams
-    for part in path:
-        cls = _SECTIONS.get(part) if cls is ExperimentParams else None
-        if cls is None:
-            return []
-    return [f.name for f in dataclasses.fields(cls) if f.name not in ("name", "options") or cls is DataParams]
+    names: list[str] = []
+    for cls in _sections_at(path, family):
+        names += [f.name for f in dataclasses.fields(cls)
+                  if (f.name not in ("name", "options") or cls is DataParams) and f.name not in names]
+    return names
 
 
-def _schema_has(path: list[str]) -> bool:
+def _schema_has(path: list[str], family: str | None = None) -> bool:
     """Whether ``path`` (below ``experiments.<name>``) is a field of the schema."""
-    cls = ExperimentParams
-    for part in path:
-        if not dataclasses.is_dataclass(cls):
-            return False
-        names = {f.name for f in dataclasses.fields(cls)}
-        if part not in names:
-            return False
-        cls = _SECTIONS.get(part) if cls is ExperimentParams else None
-    return True
+    return bool(path) and path[-1] in _schema_fields(path[:-1], family)
+
+
+def _family(raw: Mapping, experiment: str) -> str | None:
+    body = (raw.get("experiments") or {}).get(experiment)
+    model = body.get("model") if isinstance(body, Mapping) else None
+    return model.get("family") if isinstance(model, Mapping) else None
 
 
 def apply_overrides(raw: dict, overrides, experiment: str | None = None) -> dict:
     """Apply ``key=value`` overrides to the raw (defaults-merged) mapping; unknown keys are rejected."""
+    return _apply_overrides(raw, overrides, experiment)[0]
+
+
+def _apply_overrides(raw: dict, overrides, experiment: str | None) -> tuple[dict, set[str]]:
+    """``apply_overrides`` and the dotted keys it set."""
     raw = copy.deepcopy(raw)
+    done: set[str] = set()
     for item in overrides or ():
         if "=" not in item:
             raise ParamsError(f"--set {item!r}: expected key=value")
@@ -336,10 +415,12 @@ def apply_overrides(raw: dict, overrides, experiment: str | None = None) -> dict
                 raise ParamsError(f"--set {key}: a relative key needs an experiment; "
                                   "write it as experiments.<name>.{key}")
             parts = ["experiments", experiment, *parts]
+        family = _family(raw, parts[1]) if parts[0] == "experiments" and len(parts) > 1 else None
         node = raw
         for i, part in enumerate(parts[:-1]):
             if not isinstance(node, dict) or part not in node:
-                if isinstance(node, dict) and parts[0] == "experiments" and i >= 2 and _schema_has(parts[2: i + 1]):
+                if isinstance(node, dict) and parts[0] == "experiments" and i >= 2 \
+                        and _schema_has(parts[2: i + 1], family):
                     node[part] = {}
                 else:
                     raise ParamsError(f"--set {key}: unknown key {'.'.join(parts[: i + 1])!r}"
@@ -347,15 +428,36 @@ def apply_overrides(raw: dict, overrides, experiment: str | None = None) -> dict
             node = node[part]
         last = parts[-1]
         known = (last in node) if isinstance(node, dict) else False
-        if not known and not (parts[0] == "experiments" and len(parts) > 2 and _schema_has(parts[2:])) \
+        if not known and not (parts[0] == "experiments" and len(parts) > 2 and _schema_has(parts[2:], family)) \
                 and not (parts[0] == "mlflow" and last in {f.name for f in dataclasses.fields(MlflowParams)}):
             names = list(map(str, node)) if isinstance(node, dict) else []
             if parts[0] == "experiments" and len(parts) > 2:
-                names += [n for n in _schema_fields(parts[2:-1]) if n not in names]
+                names += [n for n in _schema_fields(parts[2:-1], family) if n not in names]
             allowed = ", ".join(names) or "(not a mapping)"
             raise ParamsError(f"--set {key}: unknown key; allowed here: {allowed}")
         node[last] = _parse_value(text)
-    return raw
+        done.add(".".join(parts))
+    return raw, done
+
+
+def _has(mapping: Any, parts: list[str]) -> bool:
+    for part in parts:
+        if not isinstance(mapping, Mapping) or part not in mapping:
+            return False
+        mapping = mapping[part]
+    return True
+
+
+def _blame_defaults(exc: ParamsError, name: str, own: Any, defaults: Mapping, overridden: set[str]) -> ParamsError:
+    """``exc`` about ``experiments.<name>.<key>`` renamed to ``defaults.<key>`` when that value came from there."""
+    prefix = f"experiments.{name}."
+    if not exc.key or not exc.key.startswith(prefix) or exc.key in overridden:
+        return exc
+    parts = exc.key[len(prefix):].split(".")
+    if _has(own, parts) or not _has(defaults, parts):
+        return exc
+    key = "defaults." + ".".join(parts)
+    return ParamsError(f"{key}: {exc.problem} (merged into experiments.{name})", key=key, problem=exc.problem)
 
 
 def merge_defaults(raw: Mapping) -> dict:
@@ -375,7 +477,9 @@ def parse_params(raw: Mapping, overrides=(), experiment: str | None = None, sour
     """Validate a loaded params mapping (``defaults`` merged, then ``overrides``) into :class:`Params`."""
     if not isinstance(raw, Mapping):
         raise ParamsError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
-    raw = apply_overrides(merge_defaults(raw), overrides, experiment)
+    defaults = raw.get("defaults") or {}
+    own = raw.get("experiments") if isinstance(raw.get("experiments"), Mapping) else {}
+    raw, overridden = _apply_overrides(merge_defaults(raw), overrides, experiment)
     allowed = {"profile", "mlflow", "datasets", "experiments"}
     for key in raw:
         if key not in allowed and key not in OTHER_SECTIONS:
@@ -397,7 +501,10 @@ def parse_params(raw: Mapping, overrides=(), experiment: str | None = None, sour
             raise ParamsError(f"{path}: expected a mapping, got {body!r}")
         if "name" in body:
             raise ParamsError(f"{path}.name: unknown key (the name is the mapping key)")
-        exp = _build(ExperimentParams, {"name": name, **body}, path)
+        try:
+            exp = _build(ExperimentParams, {"name": name, **body}, path)
+        except ParamsError as exc:  # a value merged in from `defaults` is wrong there, not in the experiment
+            raise _blame_defaults(exc, name, own.get(name), defaults, overridden) from None
         if exp.data.dataset not in datasets:
             raise ParamsError(f"{path}.data.dataset: {exp.data.dataset!r} is not in datasets "
                               f"({', '.join(sorted(datasets)) or 'none declared'})")

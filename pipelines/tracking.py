@@ -10,6 +10,7 @@ and hand its id to a Ray worker, and a rerun after a crash can reopen the same r
 - ``log_params(run_id, dict)``: truncated to MLflow's limits; keys already logged with the same value are skipped
 - ``log_metrics(run_id, dict, step)``, ``log_artifact(run_id, path, artifact_path)``, ``set_tags(run_id, dict)``
 - ``finish_run(run_id, status="FINISHED")``
+- ``git_commit()``: the project's HEAD (``-dirty`` when tracked files changed), logged with every training run
 
 ``mlflow`` is imported inside the functions: importing it costs 1.5-2 s and stages that never track should not pay.
 """
@@ -17,10 +18,12 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
+
 
 def project_root(start: Path | None = None) -> Path:
     """The project a stage runs in: the nearest folder up from the working directory holding ``dvc.yaml`` or
@@ -31,6 +34,20 @@ def project_root(start: Path | None = None) -> Path:
         if (folder / "dvc.yaml").is_file() or (folder / ".git").exists():
             return folder
     return here
+
+
+def git_commit() -> str:
+    """HEAD of the project repository, with ``-dirty`` when tracked files changed; ``unknown`` outside git."""
+    try:
+        root = project_root()
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except Exception:
+        return "unknown"
+
 
 # Experiment name per paper (the `paper:` key of an experiment in params.yaml).
 PAPER_EXPERIMENTS = {"winkler2019": "winkler2019-cnf", "lu2020": "lu2020-cglow"}

@@ -21,11 +21,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipelines.data import shards, storage
-from pipelines import tasks
-
-DRIVE_ROTATION_DEG = 360.0  # Winkler et al. 2019, App. A: rotations over the full circle
-DRIVE_SCALE = (0.8, 1.2)  # isotropic scaling range
-DRIVE_SHEAR_STD_DEG = 10.0  # shear ~ N(0, 10 deg)
+from pipelines.data.augment import key_rng
+from pipelines.tasks import Task, get_task
 
 
 def assign_indices(n: int, rank: int, world_size: int, seed: int, epoch: int, train: bool) -> np.ndarray:
@@ -41,176 +38,31 @@ def assign_indices(n: int, rank: int, world_size: int, seed: int, epoch: int, tr
     return np.arange(n)[rank::world_size]
 
 
-def _resize_nearest(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    h, w = array.shape[:2]
-    rows = np.minimum((np.arange(shape[0]) + 0.5) * h / shape[0], h - 1).astype(int)
-    cols = np.minimum((np.arange(shape[1]) + 0.5) * w / shape[1], w - 1).astype(int)
-    return array[rows][:, cols]
-
-
-def _center_square(array: np.ndarray) -> np.ndarray:
-    h, w = array.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    return array[top: top + side, left: left + side]
-
-
-def _hwc(array: np.ndarray) -> np.ndarray:
-    return array[..., None] if array.ndim == 2 else array
-
-
-def drive_augment(arrays: dict[str, np.ndarray], rng: np.random.Generator, discrete: set[str], *,
-                  out_shape: tuple[int, int] | None = None, center: tuple[float, float] | None = None) -> dict:
-    """One random affine warp applied jointly to every array: rotation, isotropic scale, shear.
-
-    A = R(theta) S(s) H(phi), theta ~ U(0, 360 deg), s ~ U(0.8, 1.2), phi ~ N(0, 10 deg); Winkler et al. 2019,
-    App. A (DRIVE). The output pixel o maps to the input point c_in + A^-1 (o - c_out): ``center`` (c_in,
-    default the image centre) lands on the centre c_out of an ``out_shape`` output (default the input's shape).
-    Warping straight into a training patch costs the patch's pixels, not the image's. Label maps and masks use
-    nearest neighbour so they stay in {0, 1}; pixels warped in from outside are 0 (mask 0, so never scored).
-    """
-    from PIL import Image
-
-    theta = np.deg2rad(rng.uniform(0, DRIVE_ROTATION_DEG))
-    scale = rng.uniform(*DRIVE_SCALE)
-    shear = np.deg2rad(rng.normal(0, DRIVE_SHEAR_STD_DEG))
-    rotation = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
-    forward = rotation @ np.array([[scale, 0], [0, scale]]) @ np.array([[1, np.tan(shear)], [0, 1]])
-    inverse = np.linalg.inv(forward)  # output (row, col) -> input (row, col)
-    h, w = next(iter(arrays.values())).shape[:2]
-    out_shape = tuple(out_shape or (h, w))
-    c_in = np.array(center if center is not None else ((h - 1) / 2, (w - 1) / 2), dtype=float)
-    c_out = np.array([(out_shape[0] - 1) / 2, (out_shape[1] - 1) / 2])
-    offset = c_in - inverse @ c_out
-    # PIL's affine map works on (x, y) = (col, row) with pixel centres at +0.5; the same map in its terms.
-    m = inverse[::-1, ::-1]
-    c = offset[::-1] + 0.5 - m @ np.array([0.5, 0.5])
-    coefficients = (m[0, 0], m[0, 1], c[0], m[1, 0], m[1, 1], c[1])
-    size = (out_shape[1], out_shape[0])
-    out = {}
-    for name, array in arrays.items():
-        if array.shape[:2] != (h, w):
-            raise ValueError(f"drive_augment: {name!r} is {array.shape[:2]}, the other arrays {(h, w)}")
-        resample = Image.Resampling.NEAREST if name in discrete else Image.Resampling.BILINEAR
-        # float32 ("F" mode) per channel: bilinear in float, no 8-bit rounding; about 2x scipy.ndimage's speed.
-        channels = [np.asarray(Image.fromarray(np.ascontiguousarray(array[..., k], np.float32)).transform(
-            size, Image.Transform.AFFINE, coefficients, resample=resample, fillcolor=0.0))
-            for k in range(array.shape[2])]
-        out[name] = np.stack(channels, axis=-1)
-    return out
-
-
-def process_sample(raw: dict[str, bytes], task: tasks.Task, *, train: bool, seed: int = 0, epoch: int = 0,
+def process_sample(raw: dict[str, bytes], task: Task, *, train: bool, seed: int = 0, epoch: int = 0,
                    patch: int | None = None, size: int | None = None, pad_multiple: int | None = None,
                    augment: bool | None = None) -> dict[str, Any]:
-    """Decode one shard sample and make ``x`` (HWC->CHW, [0, 1]), ``y`` (data space), ``mask`` for ``task``."""
+    """Decode one shard sample and let ``task`` prepare it: ``{"x", "y", "mask", "key", extras...}`` (CHW).
+
+    Per-sample randomness is ``key_rng(key, seed, epoch)``, with epoch 0 outside training (evaluation draws the
+    same noise every time).
+    """
     key = raw["__key__"]
     decoded = {k: shards.decode_member(k, v) for k, v in raw.items() if k != "__key__"}
-    rng = tasks.key_rng(key, seed, epoch if train else 0)
-    scale = task.scale or 1
-
-    if "target.npy" in decoded:
-        y = _hwc(decoded["target.npy"].astype(np.float32))
-    elif "target.png" in decoded:
-        y = _hwc(decoded["target.png"].astype(np.float32))
-    else:
-        raise shards.ShardError(f"{key}: no target.png or target.npy in the sample")
-    if task.target == "continuous" and "target.png" in decoded:
-        y = y / 255.0  # images as continuous targets live in [0, 1]
-    x = _hwc(decoded["input.png"].astype(np.float32) / 255.0) if "input.png" in decoded else None
-    mask = _hwc(decoded["mask.png"].astype(np.float32)) if "mask.png" in decoded else np.ones(
-        y.shape[:2] + (1,), np.float32)
-    extras = {}
-    if "superpixels.png" in decoded:
-        extras["superpixels"] = _hwc(decoded["superpixels.png"].astype(np.float32))
-    discrete = task.target in ("binary", "categorical")
-
-    size = size or task.size
-    if size:
-        if task.name == "sr":
-            hr = tasks.imresize(np.clip(y, 0, 255).astype(np.uint8), output_shape=(size, size))
-            y = _hwc(hr.astype(np.float32))
-            x = _hwc(tasks.bicubic_lr(hr, scale).astype(np.float32) / 255.0)
-            mask = _hwc(_resize_nearest(mask, (size, size)))
-        else:
-            if task.name == "inpaint":
-                y, mask = _center_square(y), _center_square(mask)
-                x = _center_square(x) if x is not None else None
-            shape = (size, size)
-            y = _hwc(_resize_nearest(y, shape) if discrete else tasks.imresize(y, output_shape=shape))
-            y = y.astype(np.float32)
-            if task.target == "image8":
-                y = np.clip(np.round(y), 0, 255).astype(np.float32)
-            if x is not None:
-                x = np.clip(_hwc(tasks.imresize(x, output_shape=shape)), 0, 1).astype(np.float32)
-            mask = _hwc(_resize_nearest(mask, shape))
-            extras = {k: _hwc(_resize_nearest(v, shape)) for k, v in extras.items()}
-
-    augmenting = train and (augment if augment is not None else task.name == "vessel")
-    if augmenting:
-        arrays = {"y": y, "mask": mask, **({"x": x} if x is not None else {}), **extras}
-        warp = {}
-        if patch and task.name != "sr":
-            # Warp straight into the patch around a random centre: the cost is the patch's, not the image's.
-            h, w = y.shape[:2]
-            warp = {"out_shape": (patch, patch), "center": (int(rng.integers(0, h)), int(rng.integers(0, w)))}
-        warped = drive_augment(arrays, rng, discrete={"mask", "superpixels"} | ({"y"} if discrete else set()),
-                               **warp)
-        y, mask, x = warped["y"], warped["mask"], warped.get("x")
-        extras = {k: warped[k] for k in extras}
-
-    if train and patch and not (augmenting and task.name != "sr"):
-        y, x, mask, extras = _random_patch(y, x, mask, extras, patch, scale if task.name == "sr" else 1, rng, key)
-
-    if task.name in ("denoise", "depth", "inpaint"):
-        x = tasks.make_input(task, y, mask[..., 0], x, key=key, seed=seed, epoch=epoch if train else 0)
-        if task.name == "inpaint":
-            mask = tasks.central_block_mask(y.shape[0], y.shape[1], task.block_fraction)[..., None]
-    elif x is None:
-        raise shards.ShardError(f"{key}: task {task.name!r} needs input.png in the sample")
-
-    # Zero padding for the squeeze layers (Winkler et al. 2019, App. A: DRIVE), done in the HWC -> CHW copy.
-    lr_multiple = pad_multiple if pad_multiple and pad_multiple > 1 else 1
-    hr_multiple = lr_multiple * scale if task.name == "sr" else lr_multiple
-    out = {"x": tasks.pad_to_multiple(x, lr_multiple), "y": tasks.pad_to_multiple(y, hr_multiple),
-           "mask": tasks.pad_to_multiple(mask, hr_multiple), "key": key}
-    out.update({k: tasks.pad_to_multiple(v, hr_multiple) for k, v in extras.items()})
-    return out
-
-
-def _random_patch(y, x, mask, extras, patch, scale, rng, key):
-    """An aligned random crop: a ``patch`` x ``patch`` window of y and the matching window of x (LR for SR)."""
-    if patch % scale:
-        raise ValueError(f"patch {patch} must be a multiple of the SR scale {scale}")
-    h, w = y.shape[:2]
-    if h < patch or w < patch:  # small images are zero-padded (mask 0) rather than rejected
-        pad = [(0, max(patch - h, 0)), (0, max(patch - w, 0)), (0, 0)]
-        y, mask = np.pad(y, pad), np.pad(mask, pad)
-        extras = {k: np.pad(v, pad) for k, v in extras.items()}
-        if x is not None:
-            lr_pad = [(0, max(patch - h, 0) // scale), (0, max(patch - w, 0) // scale), (0, 0)]
-            x = np.pad(x, lr_pad)
-        h, w = y.shape[:2]
-    top = int(rng.integers(0, (h - patch) // scale + 1)) * scale
-    left = int(rng.integers(0, (w - patch) // scale + 1)) * scale
-    window = (slice(top, top + patch), slice(left, left + patch))
-    y, mask = y[window], mask[window]
-    extras = {k: v[window] for k, v in extras.items()}
-    if x is not None:
-        lr = patch // scale
-        x = x[top // scale: top // scale + lr, left // scale: left // scale + lr]
-    return y, x, mask, extras
+    epoch = epoch if train else 0
+    sample = task.prepare(decoded, key=key, train=train, rng=key_rng(key, seed, epoch), seed=seed, epoch=epoch,
+                          patch=patch, size=size, pad_multiple=pad_multiple, augment=augment)
+    return {"x": sample.x, "y": sample.y, "mask": sample.mask, "key": key, **sample.extras}
 
 
 class ShardSamples(IterableDataset):
     """The samples of one split that this rank (and, inside it, this loader worker) reads, processed."""
 
-    def __init__(self, dest: str, split: str, task: tasks.Task, *, train: bool, rank: int, world_size: int,
-                 seed: int, epoch: int, endless: bool = False, **process_kw):
+    def __init__(self, dest: str, split: str, task: Task, *, train: bool, rank: int, world_size: int,
+                 seed: int, epoch: int, endless: bool = False, manifest: dict | None = None, **process_kw):
         self.dest, self.split, self.task, self.train = str(dest), split, task, train
         self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
         self.endless, self.process_kw = endless, process_kw
-        self.manifest = shards.read_manifest(self.dest)
+        self.manifest = manifest or shards.read_manifest(self.dest)
         self.shards = shards.shard_uris(self.dest, split, self.manifest)
         self.offsets = np.cumsum([0] + [count for _, count in self.shards])
         self.indices = assign_indices(int(self.offsets[-1]), rank, world_size, seed, epoch, train)
@@ -260,8 +112,12 @@ class ShardSamples(IterableDataset):
             if self.train:
                 rng.shuffle(picked)
             for raw in picked:
-                yield process_sample(raw, self.task, train=self.train, seed=self.seed, epoch=epoch,
-                                     **self.process_kw)
+                try:
+                    sample = process_sample(raw, self.task, train=self.train, seed=self.seed, epoch=epoch,
+                                            **self.process_kw)
+                except (shards.ShardError, OSError) as exc:  # a member that does not decode: say where
+                    raise shards.ShardError(f"{uri}: sample {raw.get('__key__')!r}: {exc}") from exc
+                yield sample
 
 
 def collate(samples: list[dict]) -> dict:
@@ -284,26 +140,24 @@ def make_loader(dest: str, split: str, task: str, batch_size: int, train: bool, 
                 world_size: int = 1, num_workers: int = 0, seed: int = 0, epoch: int = 0,
                 patch: int | None = None, size: int | None = None, pad_multiple: int | None = None,
                 augment: bool | None = None, drop_last: bool | None = None, endless: bool = False,
-                **options) -> DataLoader:
+                manifest: dict | None = None, **options) -> DataLoader:
     """A DataLoader over ``dest``'s ``split`` for ``task``, yielding {"x", "y", "mask", "key"} batches.
 
-    ``options`` override the task's fields (``noise_sigma``, ``block_fraction``, ``scale``). Training drops
-    the last partial batch by default (equal step counts per rank); evaluation keeps everything in order.
-    Batches of parts also carry ``superpixels`` (B, 1, H, W) when the shards have them.
+    ``options`` override the task's fields (``Task.with_options``: ``noise_sigma`` of denoise,
+    ``block_fraction`` of inpaint, ``scale`` of sr, ...). Training drops the last partial batch by default
+    (equal step counts per rank); evaluation keeps everything in order. Batches also carry the task's extras
+    (parts: ``superpixels`` (B, 1, H, W) when the shards have them).
 
     ``endless``: one loader for epoch ``epoch``, ``epoch + 1``, ... without end, each epoch drawn as a fresh
     loader would draw it; batches carry ``"epoch"`` (per sample) and may span an epoch boundary. Its loader
     workers start once instead of once per epoch, which matters for small splits (DRIVE: 10 steps an epoch).
+
+    ``manifest``: ``dest``'s manifest when the caller has read it already (else it is read here).
     """
-    spec = tasks.get_task(task)
-    fields = {f.name for f in dataclasses.fields(spec)} - {"name", "target"}
-    unknown = sorted(set(options) - fields)
-    if unknown:
-        raise TypeError(f"make_loader: unknown task option(s) {unknown} for task {task!r}; known: {sorted(fields)}")
-    spec = dataclasses.replace(spec, **options)
+    spec = get_task(task).with_options(**options)
     dataset = ShardSamples(dest, split, spec, train=train, rank=rank, world_size=world_size, seed=seed,
-                           epoch=epoch, endless=endless, patch=patch, size=size, pad_multiple=pad_multiple,
-                           augment=augment)
+                           epoch=epoch, endless=endless, manifest=manifest, patch=patch, size=size,
+                           pad_multiple=pad_multiple, augment=augment)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
                         drop_last=train if drop_last is None else drop_last,
                         persistent_workers=False, multiprocessing_context="fork" if num_workers else None)

@@ -7,7 +7,6 @@ PNG atomically and returns the path, so stages can log it to MLflow as an artifa
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -88,14 +87,15 @@ def pr_scatter(samples: Mapping[str, Mapping[str, Sequence[float]]], path: str |
 
 
 def _to_display(image: np.ndarray) -> np.ndarray:
-    """``(C, H, W)`` (any scale) -> ``(H, W[, 3])`` in [0, 1] for imshow; single channels stay grey."""
+    """A grid cell as drawn: ``(H, W, 3)`` floats in [0, 1], made by ``Task.display`` (y) or
+    ``pipelines.tasks.base.display_input`` (x); figures only draw, they do not guess an image's scale."""
     a = np.asarray(image, dtype=np.float64)
-    if a.ndim == 3:
-        a = a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)[..., :3]
-    lo, hi = float(np.min(a)), float(np.max(a))
-    if hi > 1.0 or lo < 0.0:
-        a = a / 255.0 if lo >= 0 and hi <= 255 else (a - lo) / max(hi - lo, 1e-12)
-    return np.clip(a, 0, 1)
+    if a.ndim != 3 or a.shape[-1] != 3:
+        raise ValueError(f"sample_grid: expected (H, W, 3) images from Task.display, got shape {a.shape}")
+    if not np.all((a >= 0.0) & (a <= 1.0)):
+        raise ValueError(f"sample_grid: image values outside [0, 1] (min {np.nanmin(a):g}, max {np.nanmax(a):g}); "
+                         "draw y with Task.display and x with display_input")
+    return a
 
 
 def sample_grid(rows: Sequence[Mapping[str, np.ndarray]], columns: Sequence[str], path: str | os.PathLike,
@@ -103,7 +103,7 @@ def sample_grid(rows: Sequence[Mapping[str, np.ndarray]], columns: Sequence[str]
     """A grid of images: one row per input, one column per entry (input, temperatures, ground truth...).
 
     Winkler et al. 2019, Figure 3 (samples at temperatures 0, 0.5, 1.0 beside the baseline and truth).
-    ``rows``: a list of ``{column: (C, H, W) image}``.
+    ``rows``: a list of ``{column: (H, W, 3) image in [0, 1]}`` (``Task.display``, ``display_input``).
     """
     plt = _pyplot()
     n, m = len(rows), len(columns)
@@ -114,7 +114,7 @@ def sample_grid(rows: Sequence[Mapping[str, np.ndarray]], columns: Sequence[str]
             ax.axis("off")
             if col in row:
                 img = _to_display(row[col])
-                ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+                ax.imshow(img, vmin=0, vmax=1, interpolation="nearest")
             if i == 0:
                 ax.set_title(col, fontsize=8)
     if title:

@@ -1,14 +1,15 @@
 """Stage `cnf sweep`: metrics and sample grids of a trained experiment across sampling temperatures.
 
     cnf sweep EXPERIMENT [--params params.yaml] [--model models/<exp>.pt] [--data DIR]
-              [--out metrics/sweep/<exp>.json] [--figures figures] [--set k=v ...]
+              [--out metrics/sweep/<exp>.json] [--figures figures] [--temperatures T,T,...] [--set k=v ...]
 
 For each temperature of ``sweep.temperatures`` (default 0, 0.5, 0.8, 1.0; temperature scales every prior
 std, 0 decodes the prior means) the experiment's eval split (``sweep.split`` to choose another) is scored
 with the evaluation protocol of `cnf evaluate` (prediction = mean of ``sweep.n_samples`` or ``eval.n_samples``
-samples). A sample grid for fixed inputs (the first batch of the split: input, one sample per temperature,
-ground truth; Winkler et al. 2019, Figure 3) and a metric-vs-temperature plot go to ``figures/`` and to the
-experiment's MLflow run (``sweep.<metric>`` at step = round(100 T)). Writes ``metrics/sweep/<exp>.json``.
+samples; ``pipelines.evaluation.sweep``). A sample grid for fixed inputs (the first batch of the split: input,
+one sample per temperature, ground truth; Winkler et al. 2019, Figure 3) and a metric-vs-temperature plot go
+to ``figures/`` and to the experiment's MLflow run (``sweep.<metric>`` at step = round(100 T)). Writes
+``metrics/sweep/<exp>.json``.
 """
 from __future__ import annotations
 
@@ -16,63 +17,12 @@ import argparse
 import json
 import math
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Mapping
 
-import numpy as np
-import torch
-
-from pipelines.stages.evaluate import (SUMMARY_METRICS, dataset_folder, evaluate_experiment, task_name,
-                                train_run_id)
-
-GRID_INPUTS = 4  # rows of the temperature grid
-
-
-def display(t: torch.Tensor, target: str, num_classes: int | None = None) -> np.ndarray:
-    """A data-space image ``(C, H, W)`` as floats in [0, 1] for a figure."""
-    a = t.detach().double().cpu().numpy()
-    if target == "image8":
-        a = a / 255.0
-    elif target == "categorical":
-        a = a / max((num_classes or 3) - 1, 1)
-    elif target == "continuous" and (a.min() < 0 or a.max() > 1):
-        a = (a - a.min()) / max(a.max() - a.min(), 1e-12)
-    return np.clip(a, 0, 1)
-
-
-def temperature_grid(model, batch: Mapping[str, Any], temperatures, target: str, num_classes: int | None,
-                     seed: int = 0) -> list[dict]:
-    """Rows ``{"input": x, "T=t": sample, ..., "truth": y}`` for the first inputs of ``batch``."""
-    x, y = batch["x"][:GRID_INPUTS].float(), batch["y"][:GRID_INPUTS].float()
-    rows = [{"input": np.clip(x[i].double().numpy(), 0, 1), "truth": display(y[i], target, num_classes)}
-            for i in range(x.shape[0])]
-    with torch.no_grad():
-        for t in temperatures:
-            torch.manual_seed(seed)  # the same noise at every temperature: only the scale changes
-            s = model.sample(x, temperature=float(t))
-            for i, row in enumerate(rows):
-                row[f"T={float(t):g}"] = display(s[i], target, num_classes)
-    return rows
-
-
-def sweep_experiment(exp, model, data_dir: str | Path, temperatures, *, seed: int = 0) -> dict:
-    """``{temperature: summary of the split}`` for every temperature (see the module docstring)."""
-    split = exp.sweep.split or exp.data.eval_split
-    dataset = getattr(exp.data, "eval_dataset", None) or exp.data.dataset
-    n_samples = exp.sweep.n_samples or exp.eval.n_samples
-    results = {}
-    for t in temperatures:
-        print(f"[{exp.name}] sweep: temperature {float(t):g}", file=sys.stderr, flush=True)
-        out = evaluate_experiment(exp, model, data_dir, seed=seed, n_samples=n_samples, temperature=float(t),
-                                  splits={split: {"dataset": dataset, "split": split}})
-        results[float(t)] = out[split]
-    return results
+from pipelines.stages._args import add_trained_model_arguments
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from pipelines.stages.evaluate import add_trained_model_arguments
-
     add_trained_model_arguments(parser)
     parser.add_argument("--out", default=None, help="default metrics/sweep/<exp>.json")
     parser.add_argument("--figures", default="figures")
@@ -81,10 +31,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from flowlib.checkpoint import load_model
-    from pipelines.reporting import figures
-    from pipelines.data.loader import loader_options, make_loader
-    from pipelines.params import load_params
+    from pipelines.evaluation.experiment import eval_dataset, train_run_id
+    from pipelines.evaluation.split import finite_scalars
+    from pipelines.evaluation.sweep import GRID_INPUTS, grid_batch, sweep_experiment, sweep_split, temperature_grid
     from pipelines.io import write_json
+    from pipelines.params import load_params
+    from pipelines.reporting import figures
     from pipelines.tasks import get_task
 
     params = load_params(args.params, args.overrides, experiment=args.experiment)
@@ -96,21 +48,17 @@ def run(args: argparse.Namespace) -> int:
     model_path = args.model or f"models/{exp.name}.pt"
     out_path = Path(args.out or f"metrics/sweep/{exp.name}.json")
     run_id = train_run_id(args.train_metrics or f"metrics/train/{exp.name}.json")
-    task = get_task(exp.task)
+    task = get_task(exp.task).with_options(**(exp.data.options or {}))
     model = load_model(model_path)
     model.eval()
 
     results = sweep_experiment(exp, model, args.data, temps, seed=args.seed)
 
-    split = exp.sweep.split or exp.data.eval_split
-    dataset = getattr(exp.data, "eval_dataset", None) or exp.data.dataset
-    kwargs = loader_options(exp.data, train=False)
-    loader = make_loader(dataset_folder(args.data, dataset, exp.data.dataset), split, exp.task,
-                         batch_size=GRID_INPUTS, train=False, seed=args.seed, **kwargs)
-    batch = next(iter(loader))
-    rows = temperature_grid(model, batch, temps, task.target, exp.model.num_classes or task.num_classes, args.seed)
+    split, dataset = sweep_split(exp), eval_dataset(exp)
+    batch = grid_batch(exp, args.data, seed=args.seed)
+    rows = temperature_grid(model, batch, temps, task, args.seed)
     columns = ["input", *[f"T={t:g}" for t in temps], "truth"]
-    keys = [k for k in SUMMARY_METRICS.get(task_name(exp.task), ("bpd",)) if k != "bpd"] or ["bpd"]
+    keys = [k for k in task.summary_metrics if k != "bpd"] or ["bpd"]
     figs = Path(args.figures)
     paths = [
         figures.sample_grid(rows, columns, figs / f"{exp.name}_temperature_grid.png",
@@ -130,10 +78,8 @@ def run(args: argparse.Namespace) -> int:
                                    run_id)
         payload["mlflow_run_id"] = run_id
         for t, s in results.items():
-            tracking.log_metrics(run_id, {f"sweep.{k}": v for k, v in s.items()
-                                          if isinstance(v, (int, float)) and not isinstance(v, bool)
-                                          and math.isfinite(float(v))} | {"sweep.temperature": t},
-                                 step=int(round(100 * t)))
+            tracking.log_metrics(run_id, {f"sweep.{k}": v for k, v in finite_scalars(s).items()}
+                                 | {"sweep.temperature": t}, step=int(round(100 * t)))
         for p in paths:
             tracking.log_artifact(run_id, p, "figures")
         tracking.finish_run(run_id)

@@ -1,23 +1,22 @@
-"""The per-worker training loop run by Ray Train: build, (resume), step, log, checkpoint.
+"""The per-worker training loop run by Ray Train, and the plain pieces it is made of.
 
-``train_loop_per_worker(config)`` runs on every Ray worker. ``config`` is a plain dict made by the driver
-(``pipelines.stages.train``): ``experiment`` (``ExperimentParams.to_dict()``), ``data_dir`` (shards of the training
-dataset), ``target`` (from ``pipelines.tasks``), ``mlflow_run_id`` and ``tracking_uri`` (rank 0 logs there),
-``state_dir`` (a local folder for the test-only failure marker).
+``train_loop_per_worker({"job": TrainJob})`` runs on every Ray worker: resume (or seed), build the model on the
+first batch, then step, log and checkpoint until ``train.steps``. The ``TrainJob`` is built once by the driver
+(``pipelines.training.driver``): the typed ``ExperimentParams``, the model options as built, the dataset's
+manifest (read once, by the driver) and where to log.
 
-The pieces below it (``train_step``, ``NLLObjective``, ``batches``) are plain torch and are unit-tested outside
-Ray; DDP gradient averaging is what makes N workers on N shards equal one worker on the union batch.
+The pieces (``train_step``, ``NLLObjective``, ``batches``, ``lr_at``, ``TrainMeter``, ``train_loader``, and
+``pipelines.training.checkpointing.Checkpointer``) are plain torch and are unit-tested outside Ray; DDP gradient
+averaging is what makes N workers on N shards equal one worker on the union batch.
 """
 from __future__ import annotations
 
 import math
 import os
 import random
-import tempfile
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -25,10 +24,13 @@ import torch.distributed as dist
 from torch import nn
 
 from pipelines.io import format_eta
+from pipelines.training.checkpointing import Checkpointer, TrainState, latest_state, set_rng_state
+
+if TYPE_CHECKING:
+    from pipelines.params import ExperimentParams
+    from pipelines.training.faults import CrashOnce
 
 LN2 = math.log(2.0)
-STATE_FILE = "train_state.pt"  # optimizer, step, RNG, counters (inside each Ray checkpoint folder)
-MODEL_FILE = "model.pt"  # flowlib checkpoint (save_checkpoint), loadable by flowlib.checkpoint.load_model
 
 
 class NonFiniteError(RuntimeError):
@@ -98,16 +100,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-
-
 def lr_at(step: int, lr: float, warmup_steps: int) -> float:
     """Linear warm-up to ``lr`` over ``warmup_steps`` (Glow's schedule), constant after."""
     return lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else lr
@@ -117,189 +109,191 @@ def _to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.T
     return batch["y"].to(device, non_blocking=True).float(), batch["x"].to(device, non_blocking=True).float()
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    from pipelines.io import atomic_write
+def train_loader(exp: "ExperimentParams", data_dir: str, *, rank: int = 0, world_size: int = 1, epoch: int = 0,
+                 manifest: Mapping | None = None):
+    """The endless training batches of rank ``rank`` of ``world_size`` for ``exp``, from ``epoch`` on.
 
-    with atomic_write(path) as f:
-        torch.save(obj, f)
-
-
-def _wait_until_committed() -> None:
-    """Block until the Ray Train controller has registered this rank's latest ``ray.train.report``.
-
-    In Train V2 a report only reaches the worker's one-slot result queue; the controller drains the queues when
-    it polls (every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``, 2 s by default) and registers a checkpoint once it
-    holds the report of *every* rank. A rank that dies before that poll takes its queued report with it, the
-    checkpoint that rank 0 already persisted is never registered, and ``FailureConfig`` restarts the group from
-    the checkpoint before (or from scratch). Waiting here turns the report into a commit; it costs at most one
-    poll interval per checkpoint.
-    """
-    import ray.train
-
-    wait = getattr(ray.train, "get_all_reported_checkpoints", None)
-    if wait is None:  # Train V1 (RAY_TRAIN_V2_ENABLED=0): reports are handled synchronously by the session
-        return
-    wait(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
-
-
-def train_loader(exp: Mapping, data_dir: str, *, rank: int = 0, world_size: int = 1, epoch: int = 0):
-    """The endless training batches of rank ``rank`` of ``world_size`` for ``exp`` (``to_dict()`` form), from
-    ``epoch`` on.
-
-    The one place the experiment's data section becomes loader options; benchmarks/loader_throughput.py
-    measures this same loader.
+    The one place an experiment becomes its training loader; benchmarks/loader_throughput.py measures this same
+    loader. ``manifest``: the dataset's manifest when already read (else the loader reads it).
     """
     from pipelines.data.loader import loader_options, make_loader
 
-    train = exp["train"]
-    return make_loader(data_dir, exp["data"]["train_split"], exp["task"], batch_size=train["batch_size"] // world_size,
-                       train=True, rank=rank, world_size=world_size, seed=train["seed"], epoch=epoch, endless=True,
-                       **loader_options(exp["data"], train=True))
+    return make_loader(data_dir, exp.data.train_split, exp.task, batch_size=exp.train.batch_size // world_size,
+                       train=True, rank=rank, world_size=world_size, seed=exp.train.seed, epoch=epoch, endless=True,
+                       manifest=manifest, **loader_options(exp.data, train=True))
+
+
+class TrainMeter:
+    """What this rank has trained: throughput (overall, and per window between log lines) and non-finite steps.
+
+    ``update`` raises ``NonFiniteError`` after ``max_nonfinite`` consecutive skipped steps.
+    """
+
+    def __init__(self, name: str, *, world_size: int = 1, max_nonfinite: int = 20, nonfinite_total: int = 0):
+        self.name, self.world_size, self.max_nonfinite = name, world_size, max_nonfinite
+        self.nonfinite_total, self.nonfinite_run = nonfinite_total, 0
+        self.last: StepResult | None = None
+        self.samples = 0
+        self.t_first: float | None = None
+        self.first_step_unix: float | None = None
+        self._t_window, self._n_window = time.perf_counter(), 0
+
+    def start(self) -> None:
+        """Mark the first training step of this process (start-up ends here)."""
+        if self.t_first is None:
+            self.t_first = time.perf_counter()
+            self.first_step_unix = time.time()
+
+    def update(self, result: StepResult, samples: int, step: int) -> None:
+        """Count one step of ``samples`` (this rank's batch) that ended at ``step``."""
+        self.last = result
+        self.samples += samples
+        self._n_window += samples
+        if result.finite:
+            self.nonfinite_run = 0
+            return
+        self.nonfinite_run += 1
+        self.nonfinite_total += 1
+        if self.nonfinite_run >= self.max_nonfinite:
+            raise NonFiniteError(
+                f"{self.name}: {self.nonfinite_run} consecutive steps with a non-finite loss or gradient norm "
+                f"(last at step {step}, loss={result.loss}, grad_norm={result.grad_norm}); lower train.lr, "
+                f"set train.grad_clip, or raise train.max_nonfinite")
+
+    def window_rate(self) -> float:
+        """Global samples/s since the previous call (or the meter's creation); starts the next window."""
+        now = time.perf_counter()
+        rate = self._n_window * self.world_size / max(now - self._t_window, 1e-9)
+        self._t_window, self._n_window = now, 0
+        return rate
+
+    def latest(self, stored: Mapping | None = None) -> dict:
+        """``train_nll``, ``train_bpd``, ``samples_per_s`` (global, since the first step) of the last step;
+        ``stored`` (what the run ended with) when this process trained nothing, e.g. a rerun of a finished run."""
+        if self.last is None:
+            return dict(stored or {"train_nll": float("nan"), "train_bpd": float("nan"), "samples_per_s": 0.0})
+        elapsed = time.perf_counter() - (self.t_first or time.perf_counter())
+        return {"train_nll": self.last.loss, "train_bpd": self.last.bpd,
+                "samples_per_s": self.samples * self.world_size / elapsed if elapsed > 0 else 0.0}
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything a worker needs, built once by the driver and pickled to every Ray worker.
+
+    ``model_options``: the ``build_model`` options (``experiment.model``'s, with the task's ``num_classes``);
+    ``manifest``: the training dataset's ``manifest.json``; ``mlflow_run_id``/``tracking_uri``: where rank 0
+    logs; ``crash``: test-only fault injection (``pipelines.training.faults``), None in production.
+    """
+
+    experiment: "ExperimentParams"
+    target: str
+    model_options: Mapping[str, Any]
+    data_dir: str
+    manifest: Mapping[str, Any] = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+    tracking_uri: str | None = None
+    crash: "CrashOnce | None" = None
+
+
+def build_for_batch(job: TrainJob, y: torch.Tensor, x: torch.Tensor, *, initialise: bool = True) -> nn.Module:
+    """The job's model for batches shaped like ``(y, x)``, on their device; ``initialise`` runs the
+    data-dependent initialisation (ActNorm) on that batch, as a fresh fit must before DDP broadcasts rank 0's
+    parameters (a resumed one loads them instead)."""
+    from flowlib.models import build_model
+
+    model = build_model(job.experiment.model.family, job.target, tuple(y.shape[1:]), tuple(x.shape[1:]),
+                        **job.model_options).to(y.device)
+    if initialise:
+        with torch.no_grad():
+            model.nll(y, x)
+    return model
+
+
+def _log_step(job: TrainJob, meter: TrainMeter, step: int, lr: float) -> None:
+    """Rank 0's progress line and MLflow metrics at ``step``."""
+    exp, last = job.experiment, meter.last
+    rate = meter.window_rate()
+    eta = (exp.train.steps - step) * exp.train.batch_size / max(rate, 1e-9)
+    skipped = f" skipped {meter.nonfinite_total}" if meter.nonfinite_total else ""
+    print(f"[{exp.name}] step {step}/{exp.train.steps} loss {last.loss:.4f} bpd {last.bpd:.4f} "
+          f"grad_norm {last.grad_norm:.3g} samples/s {rate:.1f} ETA {format_eta(eta)}{skipped}", flush=True)
+    if job.mlflow_run_id:
+        from pipelines import tracking
+
+        tracking.log_metrics(job.mlflow_run_id, {
+            "train_nll": last.loss, "train_bpd": last.bpd, "lr": lr, "grad_norm": last.grad_norm,
+            "samples_per_s": rate, "nonfinite_skipped": meter.nonfinite_total,
+            "nonfinite_consecutive": meter.nonfinite_run}, step=step)
+
+
+def _report(checkpointer: Checkpointer, meter: TrainMeter, start: TrainState, step: int, epoch: int, *,
+            final: bool) -> None:
+    """The metrics every rank reports at ``step`` and the checkpoint rank 0 attaches (``Checkpointer.report``)."""
+    latest = meter.latest(start.latest)
+    metrics = {"step": step, "epoch": epoch, "resumed_from_step": start.step, **latest,
+               "nonfinite_skipped": meter.nonfinite_total, "first_step_unix": meter.first_step_unix or 0.0,
+               "final": final}
+    state = TrainState(step=step, epoch=epoch, nonfinite_total=meter.nonfinite_total, latest=latest)
+    checkpointer.report(metrics, state, final=final)
 
 
 def train_loop_per_worker(config: dict) -> dict:
-    """Ray Train entry point: one rank of the data-parallel fit of ``config["experiment"]``."""
+    """Ray Train entry point: one rank of the data-parallel fit of ``config["job"]`` (a ``TrainJob``)."""
     import ray.train
     import ray.train.torch
 
-    from flowlib.checkpoint import save_checkpoint
-    from flowlib.models import build_model
-    exp = config["experiment"]
-    train, data, scaling, model_cfg = exp["train"], exp["data"], exp["scaling"], dict(exp["model"])
+    job: TrainJob = config["job"]
+    exp, train = job.experiment, job.experiment.train
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    local_batch = train["batch_size"] // world_size
-    total_steps = train["steps"]
-    if config.get("tracking_uri"):
-        os.environ["MLFLOW_TRACKING_URI"] = config["tracking_uri"]
-    run_id = config.get("mlflow_run_id") if rank == 0 else None
-    torch.set_num_threads(max(1, int(scaling.get("cpus_per_worker") or 1)))
+    if job.tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = job.tracking_uri
+    torch.set_num_threads(max(1, int(exp.scaling.cpus_per_worker)))
 
-    # --- resume state (Ray hands every rank the latest reported checkpoint after a restart or a rerun)
-    checkpoint = ray.train.get_checkpoint()
-    state = None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
-    start_step = state["step"] if state else 0
-    start_epoch = state["epoch"] + 1 if state else 0
+    # Ray hands every rank the latest committed checkpoint after a restart or a rerun.
+    state = latest_state()
+    start = state or TrainState()
     # Each rank gets its own stream, a pure function of (seed, rank, step), so a resumed run draws new crops.
-    seed_everything(train["seed"] * 1_000_003 + rank * 7919 + start_step)
-    if state and rank == 0 and state.get("rng") is not None:
-        set_rng_state(state["rng"])
+    seed_everything(train.seed * 1_000_003 + rank * 7919 + start.step)
+    if state and rank == 0 and state.rng is not None:
+        set_rng_state(state.rng)
 
-    stream = batches(train_loader(exp, config["data_dir"], rank=rank, world_size=world_size, epoch=start_epoch))
-    epoch, first = next(stream)
-    y0, x0 = _to_device(first, device)
-    family = model_cfg.pop("family")
-    model = build_model(family, config["target"], tuple(y0.shape[1:]), tuple(x0.shape[1:]), **model_cfg).to(device)
+    stream = batches(train_loader(exp, job.data_dir, rank=rank, world_size=world_size,
+                                  epoch=start.epoch + 1 if state else 0, manifest=job.manifest))
+    epoch, batch = next(stream)
+    y0, x0 = _to_device(batch, device)
+    model = build_for_batch(job, y0, x0, initialise=state is None).to(device)
     num_dims = int(model.num_dims(y0))
-    if state:
-        model.load_state_dict(state["model"])
-    else:
-        # Data-dependent initialisation (ActNorm) on the bare model, before DDP broadcasts rank 0's parameters.
-        with torch.no_grad():
-            model.nll(y0, x0)
     objective = NLLObjective(model)
     if world_size > 1:
         objective = ray.train.torch.prepare_model(objective, move_to_device=False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=train["lr"], betas=tuple(train["betas"]))
+    optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, betas=tuple(train.betas))
+    checkpointer = Checkpointer(model, optimizer, experiment=exp.name, rank=rank, world_size=world_size)
     if state:
-        optimizer.load_state_dict(state["optimizer"])
-    amp_dtype = torch.bfloat16 if (scaling.get("mixed_precision") and device.type == "cuda") else None
+        checkpointer.restore(state)
+    amp_dtype = torch.bfloat16 if (exp.scaling.mixed_precision and device.type == "cuda") else None
+    meter = TrainMeter(exp.name, world_size=world_size, max_nonfinite=train.max_nonfinite,
+                       nonfinite_total=start.nonfinite_total)
 
-    nonfinite_total = state["nonfinite_total"] if state else 0
-    nonfinite_run = 0
-    last: StepResult | None = None
-    t_first = None
-    first_step_unix = None
-    t_window, n_window = time.perf_counter(), 0
-    samples_done = 0
-    fail_step = train.get("fail_at_step")
-    marker = Path(config["state_dir"]) / "fail_at_step.done" if config.get("state_dir") else None
-
-    def report(step: int, final: bool) -> None:
-        """Barrier: every rank reports; rank 0 attaches the checkpoint (model, optimizer, step, RNG, counters).
-
-        A non-final report then waits until the controller has committed it (see ``_wait_until_committed``), so
-        a crash anywhere after this call resumes from ``step``: at most one checkpoint interval is lost.
-        """
-        elapsed = time.perf_counter() - (t_first or time.perf_counter())
-        if last is not None:
-            latest = {"train_nll": last.loss, "train_bpd": last.bpd,
-                      "samples_per_s": samples_done * world_size / elapsed if elapsed > 0 else 0.0}
-        else:
-            # Nothing trained in this process (a rerun of a finished run): report what the run ended with.
-            latest = (state or {}).get("latest") or {"train_nll": float("nan"), "train_bpd": float("nan"),
-                                                     "samples_per_s": 0.0}
-        metrics = {"step": step, "epoch": epoch, "resumed_from_step": start_step, **latest,
-                   "nonfinite_skipped": nonfinite_total, "first_step_unix": first_step_unix or 0.0, "final": final}
-        if rank != 0:
-            ray.train.report(metrics)
-            if not final:
-                _wait_until_committed()
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            bare = model
-            save_checkpoint(Path(tmp) / MODEL_FILE, bare, step=step, experiment=exp["name"])
-            _atomic_torch_save({"model": bare.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                                "epoch": epoch, "rng": rng_state(), "nonfinite_total": nonfinite_total,
-                                "world_size": world_size, "latest": latest}, Path(tmp) / STATE_FILE)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        if not final:
-            t_commit = time.perf_counter()
-            _wait_until_committed()
-            print(f"[{exp['name']}] checkpoint at step {step} committed "
-                  f"({time.perf_counter() - t_commit:.2f} s)", flush=True)
-
-    step = start_step
-    batch = first
-    while step < total_steps:
-        if fail_step is not None and step == fail_step and rank == min(1, world_size - 1) and marker is not None \
-                and not marker.exists():
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(f"rank {rank} exited at step {step}\n")
-            print(f"[test] rank {rank}: simulated worker crash at step {step} (train.fail_at_step)", flush=True)
-            os._exit(1)
-        if t_first is None:
-            t_first = time.perf_counter()
-            first_step_unix = time.time()
+    step = start.step
+    while step < train.steps:
+        if job.crash is not None:
+            job.crash.maybe_crash(step, rank, world_size)
+        meter.start()
         y, x = _to_device(batch, device)
+        lr = lr_at(step, train.lr, train.warmup_steps)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, train["lr"], train["warmup_steps"])
-        last = train_step(objective, optimizer, y, x, num_dims, train["grad_clip"], amp_dtype)
+            group["lr"] = lr
+        result = train_step(objective, optimizer, y, x, num_dims, train.grad_clip, amp_dtype)
         step += 1
-        samples_done += y.shape[0]
-        n_window += y.shape[0]
-        if last.finite:
-            nonfinite_run = 0
-        else:
-            nonfinite_run += 1
-            nonfinite_total += 1
-            if nonfinite_run >= train["max_nonfinite"]:
-                raise NonFiniteError(
-                    f"{exp['name']}: {nonfinite_run} consecutive steps with a non-finite loss or gradient norm "
-                    f"(last at step {step}, loss={last.loss}, grad_norm={last.grad_norm}); lower train.lr, "
-                    f"set train.grad_clip, or raise train.max_nonfinite")
-        if rank == 0 and (step % train["log_every"] == 0 or step == total_steps):
-            now = time.perf_counter()
-            rate = n_window * world_size / max(now - t_window, 1e-9)
-            t_window, n_window = now, 0
-            eta = (total_steps - step) * local_batch * world_size / max(rate, 1e-9)
-            print(f"[{exp['name']}] step {step}/{total_steps} loss {last.loss:.4f} bpd {last.bpd:.4f} "
-                  f"grad_norm {last.grad_norm:.3g} samples/s {rate:.1f} ETA {format_eta(eta)}"
-                  f"{f' skipped {nonfinite_total}' if nonfinite_total else ''}", flush=True)
-            if run_id:
-                from pipelines import tracking
-
-                tracking.log_metrics(run_id, {"train_nll": last.loss, "train_bpd": last.bpd,
-                                              "lr": optimizer.param_groups[0]["lr"], "grad_norm": last.grad_norm,
-                                              "samples_per_s": rate, "nonfinite_skipped": nonfinite_total,
-                                              "nonfinite_consecutive": nonfinite_run}, step=step)
-        if step < total_steps and step % train["checkpoint_every"] == 0:
-            report(step, final=False)
-        if step < total_steps:
+        meter.update(result, y.shape[0], step)
+        if rank == 0 and (step % train.log_every == 0 or step == train.steps):
+            _log_step(job, meter, step, lr)
+        if step < train.steps and step % train.checkpoint_every == 0:
+            _report(checkpointer, meter, start, step, epoch, final=False)
+        if step < train.steps:
             epoch, batch = next(stream)
-    report(step, final=True)
-    return {"step": step, "resumed_from_step": start_step}
+    _report(checkpointer, meter, start, step, epoch, final=True)
+    return {"step": step, "resumed_from_step": start.step}

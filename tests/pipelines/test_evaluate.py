@@ -10,7 +10,7 @@ import yaml
 
 from pipelines.stages import cli
 from pipelines import tracking
-from pipelines.stages.evaluate import evaluate_split
+from pipelines.evaluation.split import evaluate_split
 from pipelines.tasks import get_task
 
 

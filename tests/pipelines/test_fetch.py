@@ -1,4 +1,5 @@
-"""`cnf fetch`: real releases, S3 in and out, and corrupt inputs that must fail cleanly."""
+"""`cnf fetch` (pipelines/stages/fetch.py over pipelines/data/fetching.py): real releases, S3 in and out,
+and corrupt inputs that must fail cleanly."""
 from __future__ import annotations
 
 import shutil
@@ -9,8 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.stages import fetch
-from pipelines.data import shards, storage
+from pipelines.data import fetching, shards, storage
 from pipelines.stages.cli import main
 from tests.conftest import shared_archive
 
@@ -105,7 +105,8 @@ def test_wrong_count_fails_without_leftovers(tmp_path, capsys):
     next(folder.rglob("head.png")).unlink()
     assert main(["fetch", "set5", "--source", str(folder), "--out", str(tmp_path / "out")]) != 0
     assert "has 4 samples, expected 5" in capsys.readouterr().err
-    assert list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "set5"]  # no side folder left
 
 
 def test_s3_archive_to_s3_shards_and_back_through_the_loader(s3_bucket, tmp_path):
@@ -115,8 +116,9 @@ def test_s3_archive_to_s3_shards_and_back_through_the_loader(s3_bucket, tmp_path
     storage.put_file(shared_archive("Set5.zip"), source)
     dest = f"s3://{s3_bucket}/shards/set5"
     assert main(["fetch", "set5", "--source", source, "--out", dest, "--shard-size", "2"]) == 0
-    assert sorted(storage.listdir(dest)) == ["manifest.json", "test-000000.tar", "test-000001.tar",
-                                              "test-000002.tar"]
+    manifest = shards.read_manifest(dest)
+    assert sorted(storage.list_sizes(dest, recursive=True)) == sorted(["manifest.json"] + [
+        f"{manifest['shard_dir']}/test-00000{i}.tar" for i in range(3)])
     keys = []
     for batch in make_loader(dest, "test", "sr", batch_size=1, train=False, size=32, num_workers=2):
         assert batch["y"].shape == (1, 3, 32, 32) and batch["x"].shape == (1, 3, 16, 16)
@@ -127,17 +129,17 @@ def test_s3_archive_to_s3_shards_and_back_through_the_loader(s3_bucket, tmp_path
     broken.write_bytes(b"not a zip")
     bad = f"s3://{s3_bucket}/releases/bad/Set5.zip"
     storage.put_file(broken, bad)
-    with pytest.raises(fetch.FetchError, match="Set5.zip: sha256"):
-        fetch.fetch("set5", bad, f"s3://{s3_bucket}/shards/bad")
-    with pytest.raises(fetch.FetchError, match="corrupt or truncated archive"):
-        fetch.fetch("set5", bad, f"s3://{s3_bucket}/shards/bad", verify=False)
-    assert storage.listdir(f"s3://{s3_bucket}/shards/bad") == []
+    with pytest.raises(fetching.FetchError, match="Set5.zip: sha256"):
+        fetching.fetch("set5", bad, f"s3://{s3_bucket}/shards/bad")
+    with pytest.raises(fetching.FetchError, match="corrupt or truncated archive"):
+        fetching.fetch("set5", bad, f"s3://{s3_bucket}/shards/bad", verify=False)
+    assert storage.list_sizes(f"s3://{s3_bucket}/shards/bad", recursive=True) == {}  # lock released too
 
 
 def test_demo_source_into_s3(s3_bucket):
     dest = f"s3://{s3_bucket}/demo/drive"
-    manifest = fetch.fetch("drive", "demo", dest)
-    assert manifest == fetch.fetch("drive", "demo", dest)  # the rerun is a no-op
+    manifest = fetching.fetch("drive", "demo", dest)
+    assert manifest == fetching.fetch("drive", "demo", dest)  # the rerun is a no-op
     assert shards.validate(dest)["splits"]["test"]["count"] == 2
 
 
@@ -211,7 +213,7 @@ def test_sevenscenes_and_celeba_readers(tmp_path):
         list(splits["test"])
 
 
-def test_interrupted_fetch_leaves_nothing(tmp_path):
+def test_interrupted_fetch_keeps_the_old_dataset(tmp_path):
     import signal
     import subprocess
     import sys
@@ -219,15 +221,17 @@ def test_interrupted_fetch_leaves_nothing(tmp_path):
 
     source = shared_archive("DRIVE.zip")
     out = tmp_path / "drive"
+    old = fetching.fetch("drive", "demo", str(out))
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.stages.cli", "fetch", "drive", "--source", str(source),
                              "--out", str(out), "--shard-size", "4"], stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (out.exists() and any(out.iterdir())):
-        time.sleep(0.05)  # wait until shards are being written
+    while time.monotonic() < deadline and not list(tmp_path.glob(".drive.new-*/train-000000.tar")):
+        time.sleep(0.05)  # wait until the new shards are being written beside the old dataset
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
     assert proc.returncode != 0
-    assert list(out.iterdir()) == []
+    assert shards.validate(str(out)) == old  # the demo set is still there, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".drive.lock", "drive"]
 
 
 def test_https_source(tmp_path):
@@ -241,7 +245,7 @@ def test_https_source(tmp_path):
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/Set5.zip"
-        manifest = fetch.fetch("set5", url, str(tmp_path / "set5"))
+        manifest = fetching.fetch("set5", url, str(tmp_path / "set5"))
     finally:
         server.shutdown()
     assert manifest["splits"]["test"]["count"] == 5 and manifest["source"] == url
@@ -258,7 +262,7 @@ def test_folder_holding_an_archive_and_a_folder(tmp_path):
         for name in src.namelist():
             if name.endswith(("butterfly.png", "woman.png")):
                 (folder / "more" / "deeper" / Path(name).name).write_bytes(src.read(name))
-    manifest = fetch.fetch("set5", str(folder), str(tmp_path / "out"))
+    manifest = fetching.fetch("set5", str(folder), str(tmp_path / "out"))
     keys = sorted(s["__key__"] for s in shards.iter_samples(str(tmp_path / "out"), "test"))
     assert keys == ["baby", "bird", "butterfly", "head", "woman"] and manifest["splits"]["test"]["count"] == 5
     assert sorted(p.name for p in folder.rglob("*")) == sorted(

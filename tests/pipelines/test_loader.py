@@ -1,13 +1,16 @@
-"""pipelines/data/loader.py: DDP/worker sample splitting, augmentation, aligned SR patches, derived inputs."""
+"""pipelines/data/loader.py: DDP/worker sample splitting, augmentation, aligned SR patches, derived inputs.
+
+The warp and patch mechanics themselves are tested in test_augment.py, each task's preparation in test_tasks.py.
+"""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
+from pipelines.data import imaging
+from pipelines.data.loader import assign_indices, make_loader
 from pipelines.stages import fetch
-from pipelines import tasks
-from pipelines.data.loader import assign_indices, drive_augment, make_loader
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +59,7 @@ def test_sr_patches_are_aligned(demo_root):
     batch = next(iter(make_loader(str(demo_root / "imagenet32"), "train", "sr", 8, train=True, patch=16)))
     assert batch["y"].shape == (8, 3, 16, 16) and batch["x"].shape == (8, 3, 8, 8)
     for y, x in zip(batch["y"].numpy(), batch["x"].numpy()):
-        lr = tasks.imresize(y.transpose(1, 2, 0), 0.5) / 255.0
+        lr = imaging.imresize(y.transpose(1, 2, 0), 0.5) / 255.0
         # Same content up to the crop's border effects: interior matches closely, a misaligned crop would not.
         assert np.abs(lr[1:-1, 1:-1] - x.transpose(1, 2, 0)[1:-1, 1:-1]).mean() < 0.02
 
@@ -89,50 +92,6 @@ def test_endless_loader_draws_each_epoch_as_a_fresh_loader_would(demo_root, work
         assert sorted(b["key"][0] for b in mine) == sorted(fresh)  # every sample once per epoch
         for b in mine:
             assert torch.equal(b["y"], fresh[b["key"][0]])  # the same epoch-seeded augmentation
-
-
-def test_drive_augment_is_joint():
-    rng = np.random.default_rng(0)
-    y = np.zeros((41, 41, 1), np.float32)
-    y[20, 5:36] = 1.0  # a horizontal line
-    out = drive_augment({"y": y, "x": y.copy(), "mask": np.ones_like(y)}, rng, discrete={"y", "mask"})
-    assert set(np.unique(out["y"])) <= {0.0, 1.0} and set(np.unique(out["mask"])) <= {0.0, 1.0}
-    assert np.corrcoef(out["x"].ravel(), out["y"].ravel())[0, 1] > 0.8  # image and label moved together
-    assert not np.array_equal(out["y"], y)
-
-
-def test_drive_augment_into_a_patch_is_the_crop_of_the_whole_warp():
-    """Warping straight into a patch around a centre equals warping the image and cropping that patch."""
-    image = np.random.default_rng(1).random((41, 45, 3)).astype(np.float32)
-    label = (image[..., :1] > 0.5).astype(np.float32)
-    arrays = {"x": image, "y": label}
-    whole = drive_augment(arrays, np.random.default_rng(7), discrete={"y"}, center=(20, 22))
-    patch = drive_augment(arrays, np.random.default_rng(7), discrete={"y"}, out_shape=(21, 25), center=(20, 22))
-    assert patch["x"].shape == (21, 25, 3) and patch["y"].shape == (21, 25, 1)
-    np.testing.assert_allclose(patch["x"], whole["x"][10:31, 10:35], atol=1e-6)
-    np.testing.assert_array_equal(patch["y"], whole["y"][10:31, 10:35])
-    with pytest.raises(ValueError, match="'y' is"):
-        drive_augment({"x": image, "y": label[:40]}, np.random.default_rng(0), discrete={"y"})
-
-
-def test_drive_augment_matches_scipy_affine_transform():
-    """The warp is the affine map scipy.ndimage.affine_transform applies (an independent reference)."""
-    from scipy import ndimage
-
-    image = np.random.default_rng(2).random((50, 60, 1)).astype(np.float32)
-    out = drive_augment({"x": image}, np.random.default_rng(3), discrete=set(), out_shape=(30, 40), center=(24, 31))
-    rng = np.random.default_rng(3)  # the same draws, in the same order
-    theta, scale, shear = np.deg2rad(rng.uniform(0, 360)), rng.uniform(0.8, 1.2), np.deg2rad(rng.normal(0, 10))
-    rotation = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
-    inverse = np.linalg.inv(rotation @ np.diag([scale, scale]) @ np.array([[1, np.tan(shear)], [0, 1]]))
-    offset = np.array([24, 31]) - inverse @ np.array([14.5, 19.5])
-    reference = ndimage.affine_transform(image[..., 0], inverse, offset=offset, output_shape=(30, 40), order=1,
-                                         mode="constant", cval=0.0)
-    rows, cols = np.mgrid[0:30, 0:40]
-    source = np.einsum("ij,jhw->ihw", inverse, np.stack([rows, cols])) + offset[:, None, None]
-    inside = (source[0] > 1) & (source[0] < 48) & (source[1] > 1) & (source[1] < 58)  # away from the border
-    assert inside.mean() > 0.3
-    np.testing.assert_allclose(out["x"][..., 0][inside], reference[inside], atol=1e-5)
 
 
 def test_inpaint_and_denoise_inputs(demo_root):

@@ -1,12 +1,15 @@
 """params.yaml -> typed dataclasses: errors name the key path, --set overrides are typed and checked."""
 from __future__ import annotations
 
+import dataclasses
+import pickle
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipelines.params import ParamsError, flatten, load_params, parse_params
+from flowlib.models import MODEL_OPTIONS
+from pipelines.params import MODEL_PARAMS, CnfModelParams, ParamsError, flatten, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,7 +23,8 @@ def minimal():
     return {"profile": "demo", "datasets": {"drive": {"source": "demo"}},
             "defaults": {"train": {"steps": 7, "lr": 1e-3}, "scaling": {"num_workers": 2}},
             "experiments": {"drive_cnf": {"paper": "winkler2019", "task": "vessel", "data": {"dataset": "drive"},
-                                          "model": {"family": "cnf", "levels": 2, "growth": 5},
+                                          "model": {"family": "cnf", "levels": 2,
+                                                    "encoder_options": {"growth": 5}},
                                           "train": {"lr": 2e-3}}}}
 
 
@@ -48,12 +52,14 @@ def test_paper_profile_has_table5_settings():
     assert drive.model.dequantization == "binary" and drive.model.encoder == "vgg"
 
 
-def test_defaults_merge_and_pass_through_model_options():
+def test_defaults_merge_and_model_options_build_as_given():
     exp = parse_params(minimal()).experiment("drive_cnf")
     assert exp.train.steps == 7 and exp.train.lr == 2e-3  # default merged, experiment wins
     assert exp.scaling.num_workers == 2
-    assert exp.model.build_options() == {"levels": 2, "growth": 5}
-    assert flatten(exp.to_dict())["model.growth"] == 5
+    assert isinstance(exp.model, CnfModelParams) and exp.model.encoder_options.growth == 5
+    assert exp.model.build_options() == {"levels": 2, "encoder_options": {"growth": 5}}  # unset keys omitted
+    assert exp.to_dict()["model"] == {"family": "cnf", "levels": 2, "encoder_options": {"growth": 5}}
+    assert flatten(exp.to_dict())["model.encoder_options.growth"] == 5
     assert exp.flatten()["train.lr"] == 2e-3
 
 
@@ -88,11 +94,11 @@ def test_errors_name_the_key(mutate, message):
 
 def test_set_overrides_are_yaml_typed_and_relative_or_absolute():
     exp = parse_params(minimal(), ["train.lr=1e-4", "train.steps=3", "scaling.use_gpu=false",
-                                   "experiments.drive_cnf.model.levels=3", "model.growth=9",
+                                   "experiments.drive_cnf.model.levels=3", "model.encoder_options.growth=9",
                                    "train.grad_clip=null", "sweep.temperatures=[0, 0.5]"], "drive_cnf") \
         .experiment("drive_cnf")
     assert exp.train.lr == 1e-4 and isinstance(exp.train.lr, float)
-    assert exp.train.steps == 3 and exp.model.levels == 3 and exp.model.options["growth"] == 9
+    assert exp.train.steps == 3 and exp.model.levels == 3 and exp.model.encoder_options.growth == 9
     assert exp.train.grad_clip is None and exp.sweep.temperatures == (0, 0.5)
     # a schema key absent from the file may be set
     assert parse_params(minimal(), ["data.patch=16"], "drive_cnf").experiment("drive_cnf").data.patch == 16
@@ -104,6 +110,8 @@ def test_set_overrides_are_yaml_typed_and_relative_or_absolute():
     ("experiments.other.train.lr=1", "unknown key 'experiments.other'"),
     ("train.lr=abc", "experiments.drive_cnf.train.lr: expected a positive float, got 'abc'"),
     ("train.lr", "expected key=value"),
+    ("train.fail_at_step=5", "--set train.fail_at_step: unknown key"),  # fault injection is not a param
+    ("model.cond_hidden=4", "--set model.cond_hidden: unknown key"),  # a c-Glow option, this is a CNF
 ])
 def test_set_rejects_unknown_keys_and_bad_values(override, message):
     with pytest.raises(ParamsError) as err:
@@ -124,3 +132,70 @@ def test_frozen():
     exp = parse_params(minimal()).experiment("drive_cnf")
     with pytest.raises(Exception):
         exp.train.lr = 1.0
+
+
+CNF_ALLOWED = "allowed keys: " + ", ".join(["family", *MODEL_OPTIONS["cnf"]])
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda r: r["experiments"]["drive_cnf"]["model"].update(encdoer="vgg"),
+     "experiments.drive_cnf.model.encdoer: unknown key for family 'cnf'; " + CNF_ALLOWED),
+    (lambda r: r["experiments"]["drive_cnf"]["model"].update(cond_hidden=8),  # c-Glow's, not a CNF option
+     "experiments.drive_cnf.model.cond_hidden: unknown key for family 'cnf'; " + CNF_ALLOWED),
+    (lambda r: r["experiments"]["drive_cnf"]["model"].update(options={"growth": 5}),  # no pass-through bag
+     "experiments.drive_cnf.model.options: unknown key for family 'cnf'"),
+    (lambda r: r["experiments"]["drive_cnf"]["model"]["encoder_options"].update(blok=1),
+     "experiments.drive_cnf.model.encoder_options.blok: unknown key; allowed keys: blocks, growth, "
+     "context_channels, width"),
+    (lambda r: r["experiments"]["drive_cnf"]["model"].update(encoder="unet"),
+     "experiments.drive_cnf.model.encoder: expected one of 'rrdb', 'vgg', 'none', got 'unet'"),
+    (lambda r: r["experiments"]["drive_cnf"]["model"].update(levels=0),
+     "experiments.drive_cnf.model.levels: expected a positive integer, got 0"),
+    (lambda r: r["experiments"]["drive_cnf"]["model"].update(lu="yes"),
+     "experiments.drive_cnf.model.lu: expected a boolean"),
+    (lambda r: r["experiments"]["drive_cnf"]["model"].update(family="factorized", levels=2),  # now encoder scales
+     "experiments.drive_cnf.model.levels: unknown key for family 'factorized'"),
+    (lambda r: r["experiments"]["drive_cnf"]["model"].pop("family"),
+     "experiments.drive_cnf.model: missing required key(s): family"),
+    # a value merged in from `defaults` is named where it is written
+    (lambda r: r["defaults"].update(model={"encdoer": "vgg"}),
+     "defaults.model.encdoer: unknown key for family 'cnf'; " + CNF_ALLOWED + " (merged into experiments.drive_cnf)"),
+    (lambda r: r["defaults"]["train"].update(steps="many"),
+     "defaults.train.steps: expected a positive integer, got 'many' (merged into experiments.drive_cnf)"),
+])
+def test_model_options_are_typed_per_family(mutate, message):
+    raw = minimal()
+    mutate(raw)
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    assert message in str(err.value)
+
+
+def test_an_experiment_value_is_blamed_on_the_experiment_even_when_defaults_set_the_key():
+    raw = minimal()
+    raw["defaults"]["model"] = {"encoder": "vgg"}
+    raw["experiments"]["drive_cnf"]["model"]["encoder"] = "unet"
+    with pytest.raises(ParamsError, match=r"^experiments\.drive_cnf\.model\.encoder: expected one of"):
+        parse_params(raw)
+    # set by --set, so not the defaults' value even though only defaults write the key
+    raw = minimal()
+    raw["defaults"]["model"] = {"encoder": "vgg"}
+    with pytest.raises(ParamsError, match=r"^experiments\.drive_cnf\.model\.encoder: expected one of"):
+        parse_params(raw, ["model.encoder=unet"], "drive_cnf")
+
+
+def test_every_family_validates_exactly_the_options_build_model_declares():
+    for family, cls in MODEL_PARAMS.items():
+        fields = [f.name for f in dataclasses.fields(cls)]
+        assert fields == ["family", *MODEL_OPTIONS[family]], family
+    factorized = parse_params({**minimal(), "experiments": {"drive_cnf": {
+        **minimal()["experiments"]["drive_cnf"],
+        "model": {"family": "factorized", "encoder": "vgg", "encoder_options": {"scales": 3}, "beta": 0.9}}}})
+    assert factorized.experiment("drive_cnf").model.build_options() == {
+        "encoder": "vgg", "encoder_options": {"scales": 3}, "beta": 0.9}
+
+
+def test_typed_experiments_pickle_for_the_ray_workers():
+    for path in ("params.yaml", "params-paper.yaml"):
+        for exp in load_params(ROOT / path).experiments.values():
+            assert pickle.loads(pickle.dumps(exp)) == exp

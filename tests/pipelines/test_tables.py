@@ -7,7 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from pipelines.stages import cli, tables
+from pipelines.reporting import tables
+from pipelines.stages import cli
 from pipelines.reporting import reported
 from pipelines import tracking
 

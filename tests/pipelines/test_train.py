@@ -1,6 +1,8 @@
 """`cnf train` through real Ray Train, MLflow and the real model/loader on the embedded demo data.
 
-Each Ray start costs 10-30 s on a 2-core machine, so these are few, tiny and marked slow.
+Each Ray start costs 10-30 s on a 2-core machine, so these are few, tiny and marked slow. The pieces of the
+driver and the worker are tested on their own in test_driver.py, test_resume.py, test_cluster.py,
+test_checkpointing.py, test_grids.py, test_faults.py and test_worker.py.
 """
 from __future__ import annotations
 
@@ -10,13 +12,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import free_port, wait_for_port
 
-pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 CNF = str(Path(sys.executable).parent / "cnf")
 EXP = "drive_cnf"
@@ -31,8 +34,9 @@ def shards(tmp_path_factory):
     return out
 
 
-def cnf_train(tmp: Path, shards: Path, *sets: str, tracking: str | None = None, popen: bool = False):
-    env = os.environ.copy()
+def cnf_train(tmp: Path, shards: Path, *sets: str, tracking: str | None = None, popen: bool = False,
+              env_extra: dict | None = None):
+    env = os.environ.copy() | (env_extra or {})
     env["MLFLOW_TRACKING_URI"] = tracking or f"sqlite:///{tmp / 'mlflow.db'}"
     env.pop("RAY_ADDRESS", None)
     cmd = [CNF, "train", EXP, "--params", str(ROOT / "params.yaml"), "--data", str(shards),
@@ -54,6 +58,7 @@ def client(tracking):
     return MlflowClient(tracking_uri=tracking)
 
 
+@pytest.mark.slow
 def test_two_worker_run_lowers_loss_and_tracks_to_a_real_mlflow_server_with_s3_artifacts(
         tmp_path, shards, s3_server, s3_bucket):
     port = free_port()
@@ -94,6 +99,7 @@ def test_two_worker_run_lowers_loss_and_tracks_to_a_real_mlflow_server_with_s3_a
     load_model(str(tmp_path / "models" / f"{EXP}.pt"))
 
 
+@pytest.mark.slow
 def test_driver_sigkill_then_rerun_resumes_same_step_counter_and_mlflow_run(tmp_path, shards):
     sets = ("train.steps=400", "train.checkpoint_every=4")
     proc = cnf_train(tmp_path, shards, *sets, popen=True)
@@ -166,58 +172,40 @@ def test_driver_sigkill_then_rerun_resumes_same_step_counter_and_mlflow_run(tmp_
     assert fresh["resumed_from_step"] == 0 and fresh["steps"] == 4 and fresh["mlflow_run_id"] != first_run_id
 
 
+@pytest.mark.slow
 def test_killed_worker_is_restarted_from_the_last_checkpoint(tmp_path, shards):
+    from pipelines.training.faults import CRASH_ENV, MARKER_FILE
+
+    # Test-only fault injection goes through the environment: params.yaml cannot ask for a crash.
     metrics, log = cnf_train(tmp_path, shards, "train.steps=10", "train.checkpoint_every=3",
-                             "train.fail_at_step=5", "scaling.num_workers=2", "scaling.max_failures=2")
-    assert (tmp_path / "runs" / EXP / "fail_at_step.done").exists()
+                             "scaling.num_workers=2", "scaling.max_failures=2", env_extra={CRASH_ENV: "5"})
+    assert (tmp_path / "runs" / EXP / MARKER_FILE).exists()
+    assert "simulated worker crash at step 5" in log, log[-4000:]
     assert metrics["steps"] == 10 and metrics["resumed_from_step"] == 3, log[-4000:]
 
 
-def test_token_auth_is_enabled_for_an_explicit_address_on_this_machine_only(tmp_path, monkeypatch):
-    from pipelines.stages.train import _token_auth_for_local_cluster
+def test_a_misspelt_model_key_is_refused_before_ray_starts(tmp_path, monkeypatch, capsys):
+    import ray
 
-    monkeypatch.setenv("HOME", str(tmp_path))
-    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
-        monkeypatch.delenv(var, raising=False)
-    _token_auth_for_local_cluster("127.0.0.1:6379")
-    assert "RAY_AUTH_MODE" not in os.environ  # no token: nothing to send
-    (tmp_path / ".ray").mkdir()
-    (tmp_path / ".ray" / "auth_token").write_text("x" * 32)
-    _token_auth_for_local_cluster("203.0.113.9:6379")  # TEST-NET-3: never this machine
-    assert "RAY_AUTH_MODE" not in os.environ  # the local token must not go to another host
-    _token_auth_for_local_cluster("127.0.0.1:6379")
-    assert os.environ["RAY_AUTH_MODE"] == "token"
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    _token_auth_for_local_cluster("localhost:6379")
-    assert os.environ["RAY_AUTH_MODE"] == "disabled"  # an explicit choice stands
+    from pipelines.stages.cli import main
 
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["experiments"][EXP]["model"]["encdoer"] = "vgg"
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
 
-def test_resume_fingerprints_see_content_not_location(tmp_path, shards):
-    """What decides whether a stored run may be resumed: shard content (not the source path) and the code."""
-    import shutil
+    def no_ray(*args, **kwargs):
+        raise AssertionError("cnf train started Ray with invalid params")
 
-    from pipelines.stages.train import TRAINING_CODE, code_fingerprint, data_fingerprint
-
-    moved = tmp_path / "moved"
-    shutil.copytree(shards, moved)
-    manifest = json.loads((moved / "manifest.json").read_text())
-    manifest["source"] = "s3://elsewhere/drive.zip"
-    (moved / "manifest.json").write_text(json.dumps(manifest))
-    assert data_fingerprint(str(moved)) == data_fingerprint(str(shards))
-    manifest["splits"]["train"]["count"] += 1
-    (moved / "manifest.json").write_text(json.dumps(manifest))
-    assert data_fingerprint(str(moved)) != data_fingerprint(str(shards))
-
-    code = tmp_path / "code"
-    for rel in TRAINING_CODE:
-        src, dst = ROOT / rel, code / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, dst)
-    assert code_fingerprint(code) == code_fingerprint(ROOT) == code_fingerprint()
-    (code / "flowlib" / "coupling.py").write_text((code / "flowlib" / "coupling.py").read_text() + "\n# edit\n")
-    assert code_fingerprint(code) != code_fingerprint(ROOT)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        code_fingerprint(tmp_path / "nowhere")
+    monkeypatch.setattr(ray, "init", no_ray)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    t0 = time.monotonic()
+    code = main(["train", EXP, "--params", str(params), "--data", str(tmp_path / "drive"),
+                 "--storage", str(tmp_path / "runs"), "--model-out", str(tmp_path / "model.pt"),
+                 "--metrics-out", str(tmp_path / "metrics.json")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"experiments.{EXP}.model.encdoer: unknown key for family 'cnf'; allowed keys: family, levels, steps, " \
+           "hidden, encoder," in err
+    assert time.monotonic() - t0 < 10
+    assert not any(tmp_path.glob("runs")) and not (tmp_path / "mlflow.db").exists()  # nothing was started

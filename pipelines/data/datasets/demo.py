@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from pipelines import tasks
+from pipelines.data import imaging
 
 DEMO_VERSION = "demo/2"  # bump whenever a demo set changes, so existing demo shards are rebuilt
 
@@ -39,7 +39,7 @@ def _crop(image: np.ndarray, size: int, rng: np.random.Generator, zoom: float) -
     zoom = max(zoom, size / min(image.shape[:2]))
     cache_key = (id(image), zoom)  # photos are loaded once per build and kept alive by the caller
     if cache_key not in _ZOOMED:
-        _ZOOMED[cache_key] = tasks.imresize(image, zoom) if zoom != 1 else image
+        _ZOOMED[cache_key] = imaging.imresize(image, zoom) if zoom != 1 else image
     small = _ZOOMED[cache_key]
     h, w = small.shape[:2]
     for _ in range(20):  # skip flat crops (black borders of retina/hubble): they teach nothing
@@ -51,8 +51,8 @@ def _crop(image: np.ndarray, size: int, rng: np.random.Generator, zoom: float) -
 
 
 def _sr_sample(key: str, hr: np.ndarray, scale: int, source: str) -> dict:
-    hr = tasks.modcrop(hr, scale)
-    return {"__key__": key, "input.png": tasks.bicubic_lr(hr, scale), "target.png": hr,
+    hr = imaging.modcrop(hr, scale)
+    return {"__key__": key, "input.png": imaging.bicubic_lr(hr, scale), "target.png": hr,
             "meta.json": {"task": "sr", "scale": scale, "original_size": list(hr.shape[:2]),
                           "source_files": [f"skimage.data.{source}"], "demo": True}}
 
@@ -155,7 +155,7 @@ def horses() -> dict:
     for split, count in (("train", 8), ("test", 4)):
         for _ in range(count):
             zoom = rng.uniform(0.12, 0.15)
-            mask = tasks.imresize(silhouette.astype(np.float64), zoom) > 0.5
+            mask = imaging.imresize(silhouette.astype(np.float64), zoom) > 0.5
             if rng.random() < 0.5:
                 mask = mask[:, ::-1]
             h, w = mask.shape
@@ -193,7 +193,7 @@ def lfw_parts() -> dict:
     index = 0
     for split, count in (("train", 12), ("valid", 4), ("test", 4)):
         for _ in range(count):
-            face = tasks.imresize(faces[index], output_shape=(20, 20))
+            face = imaging.imresize(faces[index], output_shape=(20, 20))
             index += 1
             cy, cx = 17 + rng.normal(0, 1), 16 + rng.normal(0, 1)
             face_region = ((yy - cy) / 11) ** 2 + ((xx - cx) / 9) ** 2 <= 1
@@ -275,8 +275,11 @@ def sevenscenes() -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ celeba
-def celeba() -> dict:
-    """CelebA-like aligned faces: skimage's LFW faces tinted to colour at 64x64 (train 12, valid 2, test 4)."""
+def celeba(shape: tuple[int, int] = (64, 64)) -> dict:
+    """CelebA-like aligned faces: skimage's LFW faces tinted to colour (train 12, valid 2, test 4).
+
+    64x64 for ``celeba``; ``celeba_subset`` has the subset's 89x109 (``shape`` (H, W) = (109, 89)).
+    """
     from skimage import data
 
     rng = np.random.default_rng(2015)
@@ -285,12 +288,12 @@ def celeba() -> dict:
     index = 0
     for split, count in (("train", 12), ("valid", 2), ("test", 4)):
         for _ in range(count):
-            gray = np.clip(tasks.imresize(faces[index], output_shape=(64, 64)), 0, 1)
+            gray = np.clip(imaging.imresize(faces[index], output_shape=shape), 0, 1)
             index += 1
             tint = np.array([1.0, 0.82, 0.7]) * rng.uniform(0.8, 1.1)
             image = np.clip(gray[..., None] * tint * 255, 0, 255).astype(np.uint8)
             splits[split].append({"__key__": f"{index:06d}", "target.png": image,
-                                  "meta.json": {"task": "inpaint", "original_size": [64, 64], "demo": True,
+                                  "meta.json": {"task": "inpaint", "original_size": list(shape), "demo": True,
                                                 "source_files": ["skimage.data.lfw_subset"]}})
     return splits
 
@@ -302,12 +305,14 @@ DEMOS: dict[str, Callable[[], dict]] = {
     "set5": lambda: _sr_set({"test": 5}, 48, 5, lambda s, i, n: f"{n}_{i}"),
     "set14": lambda: _sr_set({"test": 5}, 48, 14, lambda s, i, n: f"{n}_{i}"),
     "bsd100": lambda: _sr_set({"test": 5}, 48, 100, lambda s, i, n: f"{n}_{i}"),
+    "sr_train": lambda: _sr_set({"train": 16, "valid": 4}, 48, 291, lambda s, i, n: f"{n}_{s}_{i}"),
     "horses": horses,
     "lfw_parts": lfw_parts,
     "bsds500": bsds500,
     "cbsd68": cbsd68,
     "sevenscenes": sevenscenes,
     "celeba": celeba,
+    "celeba_subset": lambda: celeba((109, 89)),
 }
 
 

@@ -1,5 +1,9 @@
 """Readers of the official releases: ``read_<name>(root, spec) -> {split: iterator of shard samples}``.
 
+Where one file is one sample, ``<name>_files(root) -> {split: [path]}`` is the reader's own listing (no
+decoding): the reader iterates exactly it, so counts, keys (:func:`key_from_name`) and splits can be checked
+without decoding a pixel.
+
 ``root`` is the unpacked release (a folder; archives have been extracted, nested ones too). Readers find
 files by name pattern at any depth, so a release re-zipped with an extra top folder still reads. Every
 problem raises :class:`ReaderError` naming the offending file and what was expected: missing files,
@@ -13,7 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
-from pipelines import tasks
+from pipelines.data import imaging
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".gif")
 
@@ -107,29 +111,82 @@ def _sr_sample(key: str, path: Path, root: Path, scale: int) -> dict:
     image = load_image(path)
     mode = "gray" if image.ndim == 2 else "rgb"
     # Grayscale benchmark images (some of Set14, BSD100) are replicated to RGB: their Y channel is unchanged.
-    hr = tasks.modcrop(_rgb(path), scale)
-    return {"__key__": key, "input.png": tasks.bicubic_lr(hr, scale), "target.png": hr,
+    hr = imaging.modcrop(_rgb(path), scale)
+    return {"__key__": key, "input.png": imaging.bicubic_lr(hr, scale), "target.png": hr,
             "meta.json": _meta("sr", [path], root, image.shape, scale=scale, modcrop=scale,
                                hr_size=list(hr.shape[:2]), original_mode=mode)}
 
 
-def _key_from_name(path: Path) -> str:
+def key_from_name(path: Path) -> str:
+    """A sample key from a file name: its stem up to the first dot, characters outside [A-Za-z0-9_-] as _."""
     return re.sub(r"[^A-Za-z0-9_\-]", "_", path.stem.split(".")[0])
+
+
+def sr_benchmark_files(root: Path) -> dict[str, list[Path]]:
+    """The HR images of an SR benchmark by split (all ``test``), without decoding; keys must be unique."""
+    files = [p for p in _find(root, r"\.(png|jpe?g|bmp|tiff?)$")
+             if not re.search(r"(^|[/_\-])(lr|lr_bicubic|x[234])([/_\-.]|$)", p.relative_to(root).as_posix(), re.I)]
+    keys = [key_from_name(p) for p in files]
+    duplicates = {k for k in keys if keys.count(k) > 1}
+    if duplicates:
+        raise ReaderError(f"{root}: several images map to the keys {sorted(duplicates)}")
+    return {"test": files}
 
 
 def read_sr_benchmark(root: Path, spec) -> dict[str, Iterator[dict]]:
     """Set5 / Set14 / BSD100: every image under the folder (nested or not) is one HR test image.
 
     Releases that ship LR/HR pairs keep only HR files (folders or names marked LR / x2..x4 are skipped).
+    Set5.zip: ``Set5/{baby,bird,butterfly,head,woman}.png``; BSD100.zip: ``BSD100/img_001.png`` .. ``img_100``.
     """
-    files = [p for p in _find(root, r"\.(png|jpe?g|bmp|tiff?)$")
-             if not re.search(r"(^|[/_\-])(lr|lr_bicubic|x[234])([/_\-.]|$)", p.relative_to(root).as_posix(), re.I)]
-    keys = [_key_from_name(p) for p in files]
-    duplicates = {k for k in keys if keys.count(k) > 1}
-    if duplicates:
-        raise ReaderError(f"{root}: several images map to the keys {sorted(duplicates)}")
     scale = spec.scale or 2
-    return {"test": (_sr_sample(k, p, root, scale) for k, p in zip(keys, files))}
+    return {split: (_sr_sample(key_from_name(p), p, root, scale) for p in files)
+            for split, files in sr_benchmark_files(root).items()}
+
+
+SR_TRAIN_EXCLUDED = {
+    # Found by content: Set5 woman.png is 302003 rotated 90 degrees ccw, scaled by 0.72 and cropped to 228x344
+    # (mean absolute difference 2.7 grey levels), so training on it would train on a test image.
+    "302003": "the photograph Set5 woman.png is cut from",
+}
+SR_VALID_START, SR_VALID_STEP, SR_VALID_COUNT = 14, 29, 10  # valid = positions 14, 43, ..., 275
+
+
+def _natural(path: Path) -> tuple:
+    """T91 names in their natural order (t1, t2, ..., t66, tt1, ..., tt27); BSDS ids numerically."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.stem))
+
+
+def sr_train_files(root: Path) -> dict[str, list[Path]]:
+    """The SR training images by split, without decoding: T91 + BSDS500 train, minus ``SR_TRAIN_EXCLUDED``.
+
+    Order: T91 in natural order, then BSDS500 train by numeric id; the valid split is every 29th image of
+    that list from position 14 (10 images: 3 of T91, 7 of BSDS500), the rest is train.
+    """
+    t91 = sorted(_find(root, r"/T91/[^/]+\.bmp$"), key=_natural)
+    bsds = sorted(_find(root, r"/BSDS500/data/images/train/\d+\.jpg$"), key=lambda p: int(p.stem))
+    if not t91:
+        raise ReaderError(f"{root}: no T91 images (expected T91/t1.bmp ... T91/tt27.bmp, from T91.zip)")
+    if not bsds:
+        raise ReaderError(f"{root}: no BSDS500 train images (expected BSR/BSDS500/data/images/train/*.jpg, "
+                          "from BSDS500.zip)")
+    files = t91 + [p for p in bsds if p.stem not in SR_TRAIN_EXCLUDED]
+    valid = set(range(SR_VALID_START, len(files), SR_VALID_STEP)[:SR_VALID_COUNT])
+    return {"train": [p for i, p in enumerate(files) if i not in valid],
+            "valid": [p for i, p in enumerate(files) if i in valid]}
+
+
+def read_sr_train(root: Path, spec) -> dict[str, Iterator[dict]]:
+    """SR training set: T91 (Yang et al. 2010) + BSDS500 train (200), stored as SR samples like the benchmarks.
+
+    The standard "291 images" of SR training (Kim et al. 2016) less BSDS500 train 302003, which is the
+    photograph Set5's woman.png was cropped from; disjoint from Set5, BSD100 (= BSDS500 val) and CBSD68.
+    ``root`` holds both releases (a folder of T91.zip and BSDS500.zip). Keys are the file stems (``t1``,
+    ``tt27``, ``100075``); HR modcropped, input.png the MATLAB-bicubic LR, as for Set5.
+    """
+    scale = spec.scale or 2
+    return {split: (_sr_sample(key_from_name(p), p, root, scale) for p in files)
+            for split, files in sr_train_files(root).items()}
 
 
 # ------------------------------------------------------------------------------------ ImageNet32/64 npz
@@ -162,7 +219,7 @@ def read_imagenet_npz(root: Path, spec) -> dict[str, Iterator[dict]]:
                 raise ReaderError(f"{path}: data {data.shape} {data.dtype}, expected (N, {3 * side * side}) uint8")
             images = data.reshape(-1, 3, side, side).transpose(0, 2, 3, 1)
             for i, image in enumerate(images):
-                yield {"__key__": f"{prefix}_{index:07d}", "input.png": tasks.bicubic_lr(image, scale),
+                yield {"__key__": f"{prefix}_{index:07d}", "input.png": imaging.bicubic_lr(image, scale),
                        "target.png": np.ascontiguousarray(image),
                        "meta.json": {"task": "sr", "scale": scale, "original_size": [side, side],
                                      "source_files": [f"{path.relative_to(root).as_posix()}#{i}"]}}
@@ -172,33 +229,67 @@ def read_imagenet_npz(root: Path, spec) -> dict[str, Iterator[dict]]:
 
 
 # ------------------------------------------------------------------------------------------ Weizmann horses
-def read_horses(root: Path, spec) -> dict[str, Iterator[dict]]:
-    """Weizmann horses: rgb/ (or horse/) images with figure_ground/ (or mask/) masks; first 200 train, 128 test.
+HORSES_TRAIN = 200  # c-Glow sec. 5.2: the first 200 horses train, the remaining 128 test
+BLANK_RANGE = 16  # an rgb/ image whose grey levels span less than this is blank (rgb/horse318.jpg: 0..2)
+ASPECT_TOLERANCE = 0.02  # rgb/ and figure_ground/ are the same picture: aspect ratios agree within 2%
 
-    The split follows c-Glow sec. 5.2 (200 train, 128 test) in file-name order.
-    """
-    images = [p for p in _find(root, r"/(rgb|horse|images?)/[^/]*horse[^/]*\.(jpe?g|png|bmp)$")]
+
+def _horse_mask(path: Path) -> np.ndarray:
+    """A figure-ground JPEG as 0/1: thresholded at 128, but genuine grey maps are rejected."""
+    gray = load_image(path, "L")
+    # JPEG masks carry compression noise around 0/255; more than 5% mid-grey pixels is not a binary mask.
+    if np.mean((gray > 40) & (gray < 215)) > 0.05:
+        raise ReaderError(f"{path}: not a binary mask (more than 5% of pixels are mid-grey)")
+    return (gray >= (1 if gray.max() <= 1 else 128)).astype(np.uint8)
+
+
+def horse_files(root: Path) -> dict[str, list[Path]]:
+    """The rgb/ horse images by split, without decoding: the first 200 by name train, the rest test."""
+    images = _find(root, r"/(rgb|horse|images?)/[^/]*horse[^/]*\.(jpe?g|png|bmp)$")
     if not images:
         raise ReaderError(f"{root}: no horse images (expected rgb/horseNNN.jpg or horse/horseNNN.png)")
+    return {"train": images[:HORSES_TRAIN], "test": images[HORSES_TRAIN:]}
+
+
+def read_horses(root: Path, spec) -> dict[str, Iterator[dict]]:
+    """Weizmann horses: ``rgb/horseNNN.jpg`` resized to ``figure_ground/horseNNN.jpg``; first 200 train, 128 test.
+
+    The release's rgb/ images are copies of gray/ at another resolution (mostly higher), so each is resized
+    (MATLAB bicubic) to its mask's size; the mask is a JPEG thresholded at 128. An rgb/ image that is blank
+    (grey levels spanning less than 16: rgb/horse318.jpg decodes to 0..2) is replaced by its gray/ copy
+    replicated to RGB, recorded in meta.json as ``input_from``; ``original_size`` is the mask's size and
+    ``rgb_size`` the rgb/ original's. Releases with ``horse/`` and ``mask/`` folders (older copies) read the
+    same way. The split follows c-Glow sec. 5.2 (200 train, 128 test) in name order.
+    """
+    images = horse_files(root)
     masks = {p.stem.split(".")[0]: p for p in _find(root, r"/(figure_ground|mask|masks)/[^/]*\.(jpe?g|png|bmp|pgm)$")}
+    grays = {p.stem.split(".")[0]: p for p in _find(root, r"/gray/[^/]*horse[^/]*\.(jpe?g|png|bmp)$")}
 
     def sample(path: Path) -> dict:
-        key = _key_from_name(path)
+        key = key_from_name(path)
         mask_path = masks.get(path.stem.split(".")[0])
         if mask_path is None:
             raise ReaderError(f"{path}: no matching figure-ground mask ({path.stem}.* under figure_ground/ or mask/)")
-        image = _rgb(path)
-        gray = load_image(mask_path, "L")
-        # JPEG masks carry compression noise around 0/255: threshold at mid-grey, but reject genuine grey maps.
-        if np.mean((gray > 40) & (gray < 215)) > 0.05:
-            raise ReaderError(f"{mask_path}: not a binary mask (more than 5% of pixels are mid-grey)")
-        target = (gray > (0 if gray.max() <= 1 else 127)).astype(np.uint8)
-        if target.shape != image.shape[:2]:
-            raise ReaderError(f"{mask_path}: size {target.shape} differs from {path.name} {image.shape[:2]}")
+        target = _horse_mask(mask_path)
+        image, files, extra = _rgb(path), [path, mask_path], {}
+        if int(image.max()) - int(image.min()) < BLANK_RANGE:
+            gray_path = grays.get(path.stem.split(".")[0])
+            if gray_path is None:
+                raise ReaderError(f"{path}: blank image (values {image.min()}..{image.max()}) and no gray/ copy")
+            image = _rgb(gray_path)
+            files.append(gray_path)
+            extra["input_from"] = gray_path.relative_to(root).as_posix()
+        if image.shape[:2] != target.shape:
+            ratios = (image.shape[0] / target.shape[0], image.shape[1] / target.shape[1])
+            if abs(ratios[0] - ratios[1]) > ASPECT_TOLERANCE * max(ratios):
+                raise ReaderError(f"{path}: size {image.shape[:2]} does not have the aspect ratio of its mask "
+                                  f"{mask_path.name} {target.shape}")
+            extra["rgb_size"] = list(image.shape[:2])
+            image = imaging.imresize(image, output_shape=target.shape)
         return {"__key__": key, "input.png": image, "target.png": target,
-                "meta.json": _meta("horses", [path, mask_path], root, image.shape, label_values=[0, 1])}
+                "meta.json": _meta("horses", files, root, target.shape, label_values=[0, 1], **extra)}
 
-    return {"train": (sample(p) for p in images[:200]), "test": (sample(p) for p in images[200:])}
+    return {split: (sample(p) for p in files) for split, files in images.items()}
 
 
 # ------------------------------------------------------------------------------------------ LFW part labels
@@ -262,23 +353,34 @@ def read_lfw_parts(root: Path, spec) -> dict[str, Iterator[dict]]:
 def _clean_folder(files: list[Path], root: Path, task: str) -> Iterator[dict]:
     for path in files:
         image = _rgb(path)
-        yield {"__key__": _key_from_name(path), "target.png": image,
+        yield {"__key__": key_from_name(path), "target.png": image,
                "meta.json": _meta(task, [path], root, image.shape)}
 
 
-def read_bsds500(root: Path, spec) -> dict[str, Iterator[dict]]:
-    """BSDS500 training set for denoising: images/train (200) + images/test (200) = 400.
+def bsds500_files(root: Path) -> dict[str, list[Path]]:
+    """BSDS500 denoising training images, without decoding: ``images/train`` + ``images/test``, by name."""
+    return {"train": _find(root, r"/images/(train|test)/[^/]+\.jpg$")}
 
-    BSD68 (the test set) lies inside BSDS500's val folder, which is therefore left out (Zhang et al. 2017).
+
+def read_bsds500(root: Path, spec) -> dict[str, Iterator[dict]]:
+    """BSDS500 training set for denoising: images/train (200) + images/test (200) = 400 (DnCNN's 400).
+
+    CBSD68 (the test set) lies inside BSDS500's val folder, which is therefore left out (Zhang et al. 2017).
+    63 train images are stored rotated 90 degrees relative to their groundTruth (BSR/ROTATED_TRAIN_IMAGES.txt);
+    clean images alone carry no orientation, so they are kept as stored.
     """
-    files = _find(root, r"/images/(train|test)/[^/]+\.jpg$")
-    return {"train": _clean_folder(files, root, "denoise")}
+    return {split: _clean_folder(files, root, "denoise") for split, files in bsds500_files(root).items()}
+
+
+def cbsd68_files(root: Path) -> dict[str, list[Path]]:
+    """The CBSD68 clean images, without decoding (any folder of .png; noisy variants are skipped)."""
+    return {"test": [p for p in _find(root, r"\.png$")
+                     if not re.search(r"noisy|sigma|/\d+/", p.relative_to(root).as_posix(), re.I)]}
 
 
 def read_cbsd68(root: Path, spec) -> dict[str, Iterator[dict]]:
-    """CBSD68: the 68 colour test images (any folder of .png; noisy variants in other folders are skipped)."""
-    files = [p for p in _find(root, r"\.png$") if not re.search(r"noisy|sigma|/\d+/", p.relative_to(root).as_posix(), re.I)]
-    return {"test": _clean_folder(files, root, "denoise")}
+    """CBSD68: the 68 colour test images (CBSD68.zip: ``CBSD68/<BSDS id>.png``, 481x321 or 321x481)."""
+    return {split: _clean_folder(files, root, "denoise") for split, files in cbsd68_files(root).items()}
 
 
 # ------------------------------------------------------------------------------------------------- depth
@@ -314,7 +416,13 @@ def read_sevenscenes(root: Path, spec) -> dict[str, Iterator[dict]]:
 # ------------------------------------------------------------------------------------------------ CelebA
 def read_celeba(root: Path, spec) -> dict[str, Iterator[dict]]:
     """CelebA aligned & cropped (178x218 JPEG): splits from list_eval_partition.txt (0 train, 1 valid, 2 test)."""
-    partition_path = _one(root, r"/list_eval_partition\.(txt|csv)$", "list_eval_partition.txt")
+    partitions = _find(root, r"/list_eval_partition\.(txt|csv)$")
+    if not partitions and _find(root, r"/img_align_celeba_89x109/"):
+        raise ReaderError(f"{root}: no list_eval_partition.txt; this is the 89x109 CelebA subset, fetched as "
+                          "dataset 'celeba_subset'")
+    if not partitions:
+        raise ReaderError(f"{root}: missing list_eval_partition.txt (no file matching 'list_eval_partition.txt')")
+    partition_path = partitions[0]
     assignment: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
     names = {"0": "train", "1": "valid", "2": "test"}
     for line_no, line in enumerate(partition_path.read_text().splitlines(), 1):
@@ -332,7 +440,42 @@ def read_celeba(root: Path, spec) -> dict[str, Iterator[dict]]:
             if not path.is_file():
                 raise ReaderError(f"{path}: listed in {partition_path.name} but missing")
             image = _rgb(path)
-            yield {"__key__": _key_from_name(path), "target.png": image,
+            yield {"__key__": key_from_name(path), "target.png": image,
                    "meta.json": _meta("inpaint", [path], root, image.shape)}
 
     return {k: split(v) for k, v in assignment.items()}
+
+
+CELEBA_SUBSET_SPLITS = {"train": (1, 8000), "valid": (8001, 9000), "test": (9001, 10000)}  # image ids, inclusive
+
+
+def celeba_subset_files(root: Path) -> dict[str, list[Path]]:
+    """The CelebA subset's 89x109 images by split, without decoding (ids 1-8000 / 8001-9000 / 9001-10000)."""
+    files = _find(root, r"/img_align_celeba_89x109/\d{6}\.jpg$")
+    if not files:
+        raise ReaderError(f"{root}: no img_align_celeba_89x109/NNNNNN.jpg (expected celeba_subset.zip)")
+    splits: dict[str, list[Path]] = {name: [] for name in CELEBA_SUBSET_SPLITS}
+    for path in sorted(files, key=lambda p: int(p.stem)):
+        number = int(path.stem)
+        split = next((name for name, (lo, hi) in CELEBA_SUBSET_SPLITS.items() if lo <= number <= hi), None)
+        if split is None:
+            raise ReaderError(f"{path}: image id {number} outside the subset's 000001..010000")
+        splits[split].append(path)
+    return splits
+
+
+def read_celeba_subset(root: Path, spec) -> dict[str, Iterator[dict]]:
+    """The CelebA subset of the shared archive: the first 10,000 aligned faces downscaled by 2 (89x109).
+
+    The subset has no ``list_eval_partition.txt`` and all 10,000 lie in the official train partition, so the
+    split is our own, by image id: 000001-008000 train, 008001-009000 valid, 009001-010000 test (contiguous
+    blocks; CelebA ids are not ordered by identity, so one person may appear in two splits). The 32 images at
+    the official 178x218 (``img_align_celeba/``) are the same faces as 000001-000032 and are not read.
+    """
+    def split(files: list[Path]) -> Iterator[dict]:
+        for path in files:
+            image = _rgb(path)
+            yield {"__key__": key_from_name(path), "target.png": image,
+                   "meta.json": _meta("inpaint", [path], root, image.shape, downscaled=2)}
+
+    return {name: split(files) for name, files in celeba_subset_files(root).items()}

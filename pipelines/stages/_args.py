@@ -1,0 +1,16 @@
+"""Command-line arguments shared by the stages that run a trained experiment (not a stage itself)."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_trained_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `cnf evaluate` and `cnf sweep`: the experiment, its params, checkpoint, data and run."""
+    parser.add_argument("experiment", help="experiment name in params.yaml")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--model", default=None, help="checkpoint (default models/<exp>.pt) or runs:/<run_id>")
+    parser.add_argument("--data", default="data", help="folder holding one shard folder per dataset "
+                        "(data/<dataset>), or the training dataset's own folder")
+    parser.add_argument("--train-metrics", default=None, help="default metrics/train/<exp>.json (for the run id)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

@@ -1,0 +1,247 @@
+"""The training driver: fit one experiment with Ray Train, tracked in one MLflow run (``cnf train``'s library).
+
+``train_experiment`` runs these steps, each one function:
+
+1. ``read_dataset``: the training shards' ``manifest.json``, read once (its sha256 is logged, its content
+   fingerprinted, and the parsed manifest handed to the workers' loaders);
+2. ``model_options``: the ``build_model`` options (the experiment's, with the task's ``num_classes``);
+3. ``prepare_stored_run``: resume or discard what ``<storage>/<experiment>`` holds (``pipelines.training.resume``);
+4. ``start_tracking``: open (or reopen) the experiment's MLflow run, log params, tags and the config;
+5. ``fit``: connect to Ray (``pipelines.training.cluster``) and run ``train_loop_per_worker`` on
+   ``scaling.num_workers`` workers;
+6. ``export_results``: copy the final checkpoint to ``model_out``, log it and sample grids
+   (``pipelines.training.grids``) to MLflow;
+7. ``summarize``: the metrics written to ``metrics_out``.
+
+Resuming: Ray Train 2.60 (Train V2) reloads the checkpoint manager snapshot kept in ``<storage>/<experiment>/``
+when a run with the same ``RunConfig(name, storage_path)`` starts again, and hands the latest checkpoint to
+``ray.train.get_checkpoint()`` in every worker; ``FailureConfig(max_failures)`` restarts the worker group from
+it in the same way. Each checkpoint is committed before the workers train on
+(``pipelines.training.checkpointing``), so either kind of crash loses at most one ``train.checkpoint_every``
+interval. The MLflow run id is kept in ``<state-dir>/mlflow_run_id``, so a rerun after the driver was killed
+continues the same step counter in the same MLflow run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from pipelines.io import copy_file, write_text
+from pipelines.training import resume
+from pipelines.training.faults import MARKER_FILE, CrashOnce
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A training dataset as read once by the driver: where it is, its parsed manifest, the manifest's sha256."""
+
+    uri: str
+    manifest: dict
+    manifest_sha256: str
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a training run reads and writes (absolute paths; ``data_dir`` and ``storage`` may be ``s3://``)."""
+
+    data_dir: str
+    storage: str  # Ray storage: the run lives in <storage>/<experiment>
+    state_dir: Path  # local: mlflow_run_id, config_sha256
+    model_out: Path
+    metrics_out: Path
+
+    def run_dir(self, experiment: str) -> str:
+        return self.storage.rstrip("/") + "/" + experiment
+
+
+def read_dataset(data_dir: str) -> Dataset:
+    """``data_dir``'s manifest; a ``FileNotFoundError`` saying how to fetch it when it is not there."""
+    from pipelines.data import shards, storage
+
+    uri = storage.join(data_dir, shards.MANIFEST)
+    try:
+        raw = storage.get_bytes(uri)
+        manifest = json.loads(raw)
+    except Exception as exc:
+        raise FileNotFoundError(f"no dataset at {data_dir} ({uri} unreadable: {exc}); fetch it first, e.g. "
+                                f"`cnf fetch <dataset> --source demo --out {data_dir}`") from None
+    if not isinstance(manifest, dict):
+        raise FileNotFoundError(f"no dataset at {data_dir}: {uri} holds {type(manifest).__name__}, not a manifest")
+    return Dataset(uri=data_dir, manifest=manifest, manifest_sha256=hashlib.sha256(raw).hexdigest())
+
+
+def model_options(exp, task) -> dict:
+    """``build_model`` options of ``exp``: its model section's, with the task's ``num_classes`` unless set."""
+    options = exp.model.build_options()
+    if task.num_classes and options.get("num_classes") is None:
+        options["num_classes"] = task.num_classes
+    return options
+
+
+def built_experiment(exp, options: Mapping[str, Any]) -> dict:
+    """``exp.to_dict()`` with ``model`` as it is built (``options``): what resume fingerprints and MLflow record."""
+    return {**exp.to_dict(), "model": {"family": exp.model.family, **options}}
+
+
+def prepare_stored_run(name: str, experiment: Mapping[str, Any], dataset: Dataset, paths: RunPaths, *,
+                       fresh: bool = False, resume_any_code: bool = False) -> None:
+    """Keep the stored run when it was trained with this config, data and code, else discard it; then record
+    what the run in ``paths.run_dir(name)`` is trained with."""
+    current = resume.Fingerprints(
+        config=resume.config_fingerprint(experiment, resume.data_fingerprint(dataset.manifest)),
+        code=resume.code_fingerprint())
+    decision = resume.decide_resume(resume.Fingerprints.read(paths.state_dir), current, fresh=fresh,
+                                    resume_any_code=resume_any_code)
+    if decision.reason:
+        print(f"[{name}] {decision.reason}", flush=True)
+    if decision.fresh:
+        resume.discard_run(paths.run_dir(name), paths.state_dir, extra_files=(MARKER_FILE,))
+    paths.state_dir.mkdir(parents=True, exist_ok=True)
+    current.write(paths.state_dir)
+
+
+def start_tracking(exp, params, experiment: Mapping[str, Any], dataset: Dataset, target: str,
+                   state_dir: Path) -> str:
+    """Open the experiment's MLflow run (reopened when ``state_dir`` names one) and log params, tags and the
+    config artifact; returns the run id, also written to ``state_dir``."""
+    import yaml
+
+    from pipelines import tracking
+
+    exp_name = tracking.experiment_name(exp.paper, params.mlflow.experiment_prefix)
+    previous = resume.read_run_id(state_dir)
+    run_id = tracking.open_run(exp_name, exp.name, previous)
+    resume.write_run_id(state_dir, run_id)
+    commit = tracking.git_commit()
+    tracking.log_params(run_id, {**exp.flatten(), "profile": params.profile, "git_commit": commit,
+                                 "data_manifest_sha256": dataset.manifest_sha256, "data_dir": dataset.uri,
+                                 "target": target})
+    tracking.set_tags(run_id, {"profile": params.profile, "experiment": exp.name, "git_commit": commit,
+                               "table": ",".join(exp.table)})
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / f"{exp.name}.yaml"
+        config.write_text(yaml.safe_dump({"profile": params.profile, "experiment": dict(experiment)},
+                                         sort_keys=False))
+        tracking.log_artifact(run_id, config, "config")
+    print(f"[{exp.name}] MLflow run {run_id} in experiment {exp_name!r} at {tracking.tracking_uri()}"
+          f"{' (resumed)' if previous == run_id else ''}", flush=True)
+    return run_id
+
+
+def fit(job, storage: str, num_cpus: int | None = None):
+    """Run ``train_loop_per_worker`` for ``job`` (a ``TrainJob``) on its ``scaling``; returns Ray's ``Result``."""
+    from pipelines.training.cluster import init_ray, worker_env
+
+    exp = job.experiment
+    scaling = exp.scaling
+    init_ray(scaling.num_workers * scaling.cpus_per_worker, num_cpus, scaling.use_gpu)
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.training.worker import train_loop_per_worker
+
+    resources = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        resources["GPU"] = scaling.gpus_per_worker or 1
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": job},
+        scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=exp.name, storage_path=storage,
+                             failure_config=FailureConfig(max_failures=scaling.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             worker_runtime_env={"env_vars": worker_env(job.tracking_uri)}),
+    )
+    return trainer.fit()
+
+
+def export_results(result, job, task, run_id: str, paths: RunPaths, *, samples: bool = True) -> None:
+    """Copy the final checkpoint to ``paths.model_out`` and log it (``checkpoint/model.pt``) and, unless
+    ``samples`` is off, sample grids (``samples/*.png``) to the MLflow run."""
+    from pipelines import tracking
+    from pipelines.training.checkpointing import MODEL_FILE
+    from pipelines.training.grids import checkpoint_grids
+
+    exp = job.experiment
+    if result.checkpoint is None:
+        raise RuntimeError(f"{exp.name}: training finished without a checkpoint in {paths.run_dir(exp.name)}")
+    with result.checkpoint.as_directory() as folder:
+        copy_file(Path(folder) / MODEL_FILE, paths.model_out)
+    with tempfile.TemporaryDirectory() as tmp:
+        named = Path(tmp) / "checkpoint" / "model.pt"
+        named.parent.mkdir()
+        shutil.copyfile(paths.model_out, named)
+        tracking.log_artifact(run_id, named, "checkpoint")
+        if samples:
+            try:
+                for grid in checkpoint_grids(paths.model_out, exp, task, job.data_dir, Path(tmp), job.manifest):
+                    tracking.log_artifact(run_id, grid, "samples")
+            except Exception as exc:  # a broken sampler must not lose a finished training run
+                print(f"[{exp.name}] warning: sample grids failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def summarize(exp, params, metrics: Mapping[str, Any], *, run_id: str, dataset: Dataset, paths: RunPaths,
+              t_start: float, t_fit: float) -> dict:
+    """The metrics JSON of a finished fit from the workers' final report ``metrics`` (NaN written as null)."""
+    from pipelines import tracking
+
+    first = float(metrics.get("first_step_unix") or 0.0)
+    now = time.time()
+    out = {
+        "experiment": exp.name, "profile": params.profile, "steps": int(metrics.get("step", 0)),
+        "resumed_from_step": int(metrics.get("resumed_from_step", 0)),
+        "final_train_nll": metrics.get("train_nll"), "final_train_bpd": metrics.get("train_bpd"),
+        "samples_per_s": metrics.get("samples_per_s"), "nonfinite_skipped": int(metrics.get("nonfinite_skipped", 0)),
+        "num_workers": exp.scaling.num_workers, "mlflow_run_id": run_id,
+        "mlflow_experiment": tracking.experiment_name(exp.paper, params.mlflow.experiment_prefix),
+        "wall_s": round(now - t_start, 3), "fit_s": round(now - t_fit, 3),
+        "startup_s": round(first - t_start, 3) if first else None,
+        "checkpoint": str(paths.model_out), "data_manifest_sha256": dataset.manifest_sha256,
+        "ray_run_dir": paths.run_dir(exp.name),
+    }
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in out.items()}
+
+
+def train_experiment(exp, params, paths: RunPaths, *, num_cpus: int | None = None, fresh: bool = False,
+                     samples: bool = True, t_start: float | None = None, resume_any_code: bool = False,
+                     crash: CrashOnce | None = None) -> dict:
+    """Fit ``exp`` (an ``ExperimentParams`` of ``params``) with Ray Train; returns the metrics dict also written
+    to ``paths.metrics_out``. ``crash``: test-only fault injection (``pipelines.training.faults``)."""
+    from pipelines import tracking
+    from pipelines.tasks import get_task
+    from pipelines.training.worker import TrainJob
+
+    t_start = t_start or time.time()
+    task = get_task(exp.task)
+    dataset = read_dataset(paths.data_dir)
+    options = model_options(exp, task)
+    experiment = built_experiment(exp, options)
+    prepare_stored_run(exp.name, experiment, dataset, paths, fresh=fresh, resume_any_code=resume_any_code)
+    run_id = start_tracking(exp, params, experiment, dataset, task.target, paths.state_dir)
+    job = TrainJob(experiment=exp, target=task.target, model_options=options, data_dir=paths.data_dir,
+                   manifest=dataset.manifest, mlflow_run_id=run_id, tracking_uri=tracking.tracking_uri(),
+                   crash=crash)
+    t_fit = time.time()
+    try:
+        result = fit(job, paths.storage, num_cpus)
+    except BaseException as exc:
+        try:
+            tracking.finish_run(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        finally:
+            raise exc
+    export_results(result, job, task, run_id, paths, samples=samples)
+    out = summarize(exp, params, dict(result.metrics or {}), run_id=run_id, dataset=dataset, paths=paths,
+                    t_start=t_start, t_fit=t_fit)
+    tracking.log_metrics(run_id, {k: out[k] for k in ("final_train_bpd", "samples_per_s", "wall_s", "startup_s")
+                                  if out[k] is not None}, step=out["steps"])
+    tracking.finish_run(run_id, "FINISHED")
+    write_text(paths.metrics_out, json.dumps(out, indent=2) + "\n")
+    return out
