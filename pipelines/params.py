@@ -493,7 +493,7 @@ def parse_params(raw: Mapping, overrides=(), experiment: str | None = None, sour
     datasets = {name: _build(DatasetParams, body, f"datasets.{name}") for name, body in datasets_raw.items()}
     exps_raw = raw.get("experiments")
     if not isinstance(exps_raw, Mapping) or not exps_raw:
-        raise ParamsError(f"experiments: expected a non-empty mapping of experiment name -> settings")
+        raise ParamsError("experiments: expected a non-empty mapping of experiment name -> settings")
     experiments = {}
     for name, body in exps_raw.items():
         path = f"experiments.{name}"

@@ -57,7 +57,7 @@ def fetch(dataset: str, source: str, dest: str, shard_size: int = shards.DEFAULT
             existing = _up_to_date(dest, dataset, source_sha, shard_size)
             if existing is not None:
                 return existing
-            root = _unpack(local, tmp / "unpacked")
+            root = _unpack(local, tmp / "unpacked", spec)
             from pipelines.data.datasets import readers
 
             splits = getattr(readers, spec.reader)(root, spec)
@@ -107,17 +107,36 @@ def _is_archive(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
+def _named_archives(folder: Path, spec) -> list[Path]:
+    """The archives of ``folder`` that the registry names for ``spec`` (e.g. T91.zip and BSDS500.zip for
+    ``sr_train`` in a folder holding every release); [] when the folder holds none of them."""
+    if not spec.archives:
+        return []
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name in spec.archives)
+
+
+def _file_sha256(path: Path, spec, verify: bool) -> str:
+    digest = storage.sha256_file(path)
+    expected = spec.archives.get(path.name)
+    if verify and expected and digest != expected:
+        raise FetchError(f"{path}: sha256 {digest} does not match the expected {expected} for {path.name}")
+    return digest
+
+
 def _source_sha256(path: Path, spec, verify: bool) -> str:
-    """sha256 of an archive (checked against the registry when its name is known), or of a folder's files."""
+    """sha256 of an archive (checked against the registry when its name is known), or of a folder's files.
+
+    A folder holding archives the registry names for this dataset stands for those archives alone: each is
+    checked, and only they make the source's hash (other files beside them neither count nor get unpacked).
+    """
     if path.is_file():
-        digest = storage.sha256_file(path)
-        expected = spec.archives.get(path.name)
-        if verify and expected and digest != expected:
-            raise FetchError(f"{path}: sha256 {digest} does not match the expected {expected} for {path.name}")
-        return digest
+        return _file_sha256(path, spec, verify)
+    named = _named_archives(path, spec)
+    files = named or sorted(p for p in path.rglob("*") if p.is_file())
     tree = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        tree.update(f"{file.relative_to(path)}\0{storage.sha256_file(file)}\n".encode())
+    for file in files:
+        digest = _file_sha256(file, spec, verify) if named else storage.sha256_file(file)
+        tree.update(f"{file.relative_to(path) if not named else file.name}\0{digest}\n".encode())
     return tree.hexdigest()
 
 
@@ -125,9 +144,16 @@ def _link(src: str, dst: str) -> None:
     os.symlink(os.path.realpath(src), dst)
 
 
-def _unpack(path: Path, dst: Path) -> Path:
-    """Extract an archive into ``dst`` (refusing members that escape it); a folder is returned as is."""
+def _unpack(path: Path, dst: Path, spec=None) -> Path:
+    """Extract an archive into ``dst`` (refusing members that escape it); a folder is returned as is, or, when
+    it holds archives the registry names for ``spec``, just those are unpacked into ``dst``."""
     if path.is_dir():
+        named = _named_archives(path, spec) if spec is not None else []
+        if named:
+            dst.mkdir(parents=True, exist_ok=True)
+            for archive in named:
+                _unpack(archive, dst / archive.name.split(".")[0])
+            return dst
         archives = [p for p in path.rglob("*") if _is_archive(p)]
         if not archives:
             return path

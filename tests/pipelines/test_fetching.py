@@ -163,3 +163,24 @@ def test_what_a_killed_fetch_leaves_is_removed_by_the_next(tmp_path, monkeypatch
     assert manifest["splits"]["test"]["count"] == 5 and shards.validate(str(dest)) == manifest
     assert sorted(p.name for p in dest.parent.iterdir()) == [".set5.lock", "set5"]
     assert list(scratch.iterdir()) == []
+
+
+def test_a_folder_source_stands_for_the_archives_the_registry_names(tmp_path):
+    """sr_train from a folder of releases: only T91.zip and BSDS500.zip are checked, hashed and unpacked."""
+    import zipfile
+
+    from pipelines.data import fetching
+    from pipelines.data.datasets import get_dataset
+
+    spec = get_dataset("sr_train")
+    folder = tmp_path / "releases"
+    folder.mkdir()
+    with zipfile.ZipFile(folder / "T91.zip", "w") as z:
+        z.writestr("T91/t1.bmp", b"not the release")
+    with pytest.raises(fetching.FetchError, match="T91.zip"):
+        fetching._source_sha256(folder, spec, verify=True)
+    unverified = fetching._source_sha256(folder, spec, verify=False)
+    (folder / "unrelated.zip").write_bytes(b"another release")
+    assert fetching._source_sha256(folder, spec, verify=False) == unverified
+    root = fetching._unpack(folder, tmp_path / "unpacked", spec)
+    assert sorted(p.name for p in root.iterdir()) == ["T91"]

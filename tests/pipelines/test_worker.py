@@ -1,9 +1,11 @@
-"""The training step outside Ray: it lowers the loss, skips non-finite steps, and DDP over 2 ranks equals 1 rank
-on the union batch (torch.distributed gloo in 2 processes, no Ray)."""
+"""The worker's pieces outside Ray: the step lowers the loss and skips non-finite steps, DDP over 2 ranks equals 1
+rank on the union batch (torch.distributed gloo in 2 processes, no Ray), the meter, the job and the model."""
 from __future__ import annotations
 
 import math
 import os
+import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +13,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from pipelines.training.worker import NLLObjective, batches, lr_at, train_step
+from pipelines.training.worker import (NLLObjective, NonFiniteError, StepResult, TrainJob, TrainMeter, batches,
+                                       build_for_batch, lr_at, train_step)
 from tests.conftest import free_port
 
 
@@ -146,3 +149,54 @@ def test_ddp_two_ranks_equal_one_rank_on_the_union_batch():
         assert out[rank]["grad_norm"] == pytest.approx(ref.grad_norm, rel=1e-5)
         for p_ddp, p_ref in zip(out[rank]["params"], single.parameters()):
             torch.testing.assert_close(p_ddp, p_ref.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_meter_counts_throughput_and_gives_up_after_too_many_non_finite_steps():
+    meter = TrainMeter("e", world_size=2, max_nonfinite=3, nonfinite_total=5)
+    stored = {"train_nll": 1.0, "train_bpd": 0.1, "samples_per_s": 7.0}
+    assert meter.latest(stored) == stored  # nothing trained in this process: what the run ended with
+    assert math.isnan(meter.latest()["train_nll"])
+    meter.start()
+    ok, bad = StepResult(2.0, 0.3, 1.0, True), StepResult(float("nan"), float("nan"), float("nan"), False)
+    meter.update(ok, 4, step=1)
+    latest = meter.latest(stored)
+    assert (latest["train_nll"], latest["train_bpd"]) == (2.0, 0.3) and latest["samples_per_s"] > 0
+    assert meter.window_rate() > 0 and meter.window_rate() == 0.0  # a new window starts empty
+    meter.update(bad, 4, step=2)
+    meter.update(bad, 4, step=3)
+    meter.update(ok, 4, step=4)  # a finite step resets the run of skipped ones
+    meter.update(bad, 4, step=5)
+    meter.update(bad, 4, step=6)
+    with pytest.raises(NonFiniteError, match=r"e: 3 consecutive steps .* \(last at step 7"):
+        meter.update(bad, 4, step=7)
+    assert meter.nonfinite_total == 5 + 5 and meter.samples == 7 * 4
+
+
+def job_for(name="drive_cnf"):
+    from pipelines.params import load_params
+    from pipelines.tasks import get_task
+    from pipelines.training.driver import model_options
+
+    exp = load_params(Path(__file__).resolve().parents[2] / "params.yaml").experiment(name)
+    task = get_task(exp.task)
+    return TrainJob(experiment=exp, target=task.target, model_options=model_options(exp, task), data_dir="/d",
+                    manifest={"dataset": "x", "splits": {}})
+
+
+def test_the_job_pickles_and_builds_its_model_for_a_batch():
+    job = job_for("lfw32_cglow")
+    assert pickle.loads(pickle.dumps(job)) == job
+    torch.manual_seed(0)
+    y, x = torch.randint(0, 3, (2, 1, 16, 16)).float(), torch.rand(2, 3, 16, 16)
+    torch.manual_seed(1)
+    model = build_for_batch(job, y, x)
+    assert model.config["family"] == "cglow" and model.config["num_classes"] == 3  # the task's classes
+    assert model.config["y_shape"] == [1, 16, 16] and torch.isfinite(model.nll(y, x)).all()
+    # ActNorm's data-dependent initialisation runs on a fresh fit's first batch only (a resumed one loads)
+    job = job_for("drive_cnf")
+    y = (y > 0).float()
+    states = []
+    for initialise in (True, False):
+        torch.manual_seed(1)
+        states.append(build_for_batch(job, y, x, initialise=initialise).state_dict())
+    assert not all(torch.equal(a, b) for a, b in zip(states[0].values(), states[1].values()))
