@@ -37,11 +37,11 @@ SHAPES = {
     "sr_imagenet64_factorized": ((3, 64, 64), (3, 32, 32)),
     "drive_cnf": ((1, 1024, 1024), (3, 1024, 1024)),
     "drive_factored": ((1, 1024, 1024), (3, 1024, 1024)),
-    "horses128_cglow": ((1, 128, 128), (3, 128, 128)),
+    "horses128_cglow": ((3, 128, 128), (3, 128, 128)),  # the mask tiled to 3 channels (c-Glow sec. 5.2)
     "lfw128_cglow": ((1, 128, 128), (3, 128, 128)),
     "denoise_cglow": ((3, 64, 64), (3, 64, 64)),
     "depth_cglow": ((1, 64, 64), (1, 64, 64)),
-    "inpaint_cglow": ((3, 64, 64), (3, 64, 64)),
+    "inpaint_cglow": ((3, 32, 32), (3, 64, 64)),  # y = the hidden central block (c-Glow sec. 5.6)
 }
 PAPER_ITERATIONS = {"sr_imagenet32_cnf": 200_000, "sr_imagenet64_cnf": 200_000}  # Winkler sec. 5.1
 

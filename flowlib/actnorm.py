@@ -32,6 +32,14 @@ class ActNorm(Bijection):
         self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.register_buffer("initialized", torch.tensor(0, dtype=torch.uint8))
+        # A Python mirror of `initialized` once it is set, so the hot path branches on no tensor (which would
+        # sync and break torch.compile's graph at every layer). False only means "look at the buffer".
+        self._init_seen = False
+        self.register_load_state_dict_post_hook(ActNorm._forget_init)
+
+    @staticmethod
+    def _forget_init(module: "ActNorm", incompatible_keys) -> None:
+        module._init_seen = False
 
     @torch.no_grad()
     def _data_init(self, u: Tensor) -> None:
@@ -44,8 +52,10 @@ class ActNorm(Bijection):
         self.initialized.fill_(1)
 
     def forward(self, u: Tensor, cond: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        if not self.initialized:
-            self._data_init(u)
+        if not self._init_seen:
+            if not self.initialized:
+                self._data_init(u)
+            self._init_seen = True
         v = (u + self.bias) * self.log_scale.exp()
         logdet = (u.shape[2] * u.shape[3]) * self.log_scale.sum()
         return v, logdet.expand(u.shape[0])

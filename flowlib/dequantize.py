@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .bijection import Bijection, Sequential, sum_except_batch
+from .layout import Conv1x1
 
 __all__ = [
     "UniformDequantizer",
@@ -77,18 +78,28 @@ class CheckerboardAffineCoupling(Bijection):
         self.parity = int(parity) % 2
         self.net = nn.Sequential(
             nn.Conv2d(channels + cond_channels, hidden, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(hidden, hidden, 1), nn.ReLU(),
+            Conv1x1(hidden, hidden), nn.ReLU(),
             nn.Conv2d(hidden, 2 * channels, 3, padding=1),
         )
         # zero-initialised output: the coupling starts as a fixed scaling, so the dequantizer starts uniform-ish
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
+        self._masks: dict[tuple, Tensor] = {}
 
     def _mask(self, u: Tensor) -> Tensor:
+        """The checkerboard ``m`` at ``u``'s size, built once per size, dtype and device."""
         h, w = u.shape[-2:]
-        ii = torch.arange(h, device=u.device).view(h, 1)
-        jj = torch.arange(w, device=u.device).view(1, w)
-        return ((ii + jj + self.parity) % 2).to(u.dtype).expand(1, 1, h, w)
+        key = (h, w, u.dtype, u.device)
+        mask = self._masks.get(key)
+        if mask is None:
+            # A constant of training graphs too, so never an inference-mode tensor (which autograd cannot save).
+            with torch.inference_mode(False):
+                ii = torch.arange(h, device=u.device).view(h, 1)
+                jj = torch.arange(w, device=u.device).view(1, w)
+                mask = ((ii + jj + self.parity) % 2).to(u.dtype).expand(1, 1, h, w)
+            if not torch.compiler.is_compiling():
+                self._masks[key] = mask
+        return mask
 
     def _scale_shift(self, u_kept: Tensor, cond: Optional[Tensor], mask: Tensor) -> tuple[Tensor, Tensor]:
         inp = u_kept if cond is None else torch.cat([u_kept, cond], dim=1)

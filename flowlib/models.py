@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from .baselines import BASELINE_ENCODERS, build_baseline, count_parameters
 from .dequantize import DEQUANTIZATIONS, build_dequantizer, quantize
 from .flows import COUPLINGS, ENCODERS, build_flow
+from .layout import to_layout
 from .subnets import SUBNETS
 
 __all__ = ["StructuredModel", "FlowModel", "FactorizedModel", "build_model", "parameter_counts", "upgrade_config",
@@ -39,6 +40,9 @@ QUANTIZATION_LEVELS = {"image8": 256, "binary": 2, "categorical": 2}
 DEQUANTIZATION_CHOICES = {"image8": ("uniform", "variational"), "binary": ("binary", "uniform", "variational"),
                           "categorical": ("uniform", "variational", "binary")}
 BASELINE_OF = {"image8": "logistic", "binary": "bernoulli", "categorical": "categorical", "continuous": "gaussian"}
+# predict's default bound on y elements decoded in one pass (samples x batch x C x H x W): e.g. 85 samples of a
+# 3x64x64 batch of 1, or one 1024x1024 DRIVE image.
+PREDICT_BATCH_ELEMENTS = 2 ** 20
 DEFAULT_BASELINE_ENCODER = {"image8": "rrdb", "binary": "vgg", "categorical": "conditioning",
                             "continuous": "conditioning"}
 
@@ -217,26 +221,52 @@ class StructuredModel(nn.Module):
             prediction = mean
         return {"mean": mean, "prediction": prediction, "std": std}
 
-    @torch.no_grad()
-    def predict(self, x: Tensor, n_samples: int = 8, temperature: float = 1.0) -> dict[str, Tensor]:
+    @torch.inference_mode()
+    def predict(self, x: Tensor, n_samples: int = 8, temperature: float = 1.0,
+                max_batch_elements: int = PREDICT_BATCH_ELEMENTS) -> dict[str, Tensor]:
         r"""Sample-mean prediction (Lu & Huang 2020, sec. 4.3): ``mean``, ``prediction`` and ``std``.
 
         ``mean``: the per-pixel sample mean (binary: frequency of 1, i.e. the probability map; categorical:
         per-class frequencies ``(B, K, H, W)``); ``prediction``: rounded / argmax / the mean itself; ``std``:
         the per-pixel sample standard deviation (categorical: per class).
+
+        The ``n_samples`` draws are batched: each pass decodes as many samples of the whole batch as fit in
+        ``max_batch_elements`` elements of ``y`` (at least one sample per pass), so memory stays bounded and
+        the cost per sample is that of a large batch rather than of ``n_samples`` small ones. Runs under
+        ``torch.inference_mode``.
         """
         if int(n_samples) < 1:
             raise ValueError(f"predict: n_samples must be >= 1, got {n_samples}")
+        if int(max_batch_elements) < 1:
+            raise ValueError(f"predict: max_batch_elements must be >= 1, got {max_batch_elements}")
+        n, b = int(n_samples), x.shape[0]
         total = total_sq = None
-        for _ in range(int(n_samples)):  # running sums: memory stays one sample whatever n_samples is
-            s = self.sample(x, temperature)
+        for k, s in self._sample_passes(x, n, temperature, int(max_batch_elements)):
             if self.target == "categorical":
                 s = F.one_hot(s[:, 0].long(), self.num_classes).permute(0, 3, 1, 2).to(x.dtype)
-            total = s if total is None else total + s
-            total_sq = s * s if total_sq is None else total_sq + s * s
-        mean = total / n_samples
-        std = (total_sq / n_samples - mean * mean).clamp_min(0).sqrt()
+            s = s.reshape(k, b, *s.shape[1:])  # pass-major: draw j of the pass is rows j*B .. (j+1)*B - 1
+            part, part_sq = s.sum(0), (s * s).sum(0)
+            total = part if total is None else total + part
+            total_sq = part_sq if total_sq is None else total_sq + part_sq
+        mean = total / n
+        std = (total_sq / n - mean * mean).clamp_min(0).sqrt()
         return self._summarise(mean, std)
+
+    def _sample_passes(self, x: Tensor, n: int, temperature: float, max_elements: int):
+        """Yield ``(k, samples)``: ``n`` draws in passes of ``k``, ``samples`` of shape ``(k B, ...)``.
+
+        Generic form: ``x`` repeated ``k`` times through :meth:`sample`; flows override it to encode ``x`` once.
+        """
+        per_draw = max(1, x.shape[0] * self._sample_elements(x))
+        done = 0
+        while done < n:
+            k = min(max(1, max_elements // per_draw), n - done)
+            yield k, self.sample(x.repeat(k, *([1] * (x.dim() - 1))), temperature)
+            done += k
+
+    def _sample_elements(self, x: Tensor) -> int:
+        """Elements of one sample of ``y`` given one ``x`` (sizes the passes of :meth:`predict`)."""
+        return int(self.sample(x[:1], 0.0)[0].numel())
 
 
 class FlowModel(StructuredModel):
@@ -261,6 +291,8 @@ class FlowModel(StructuredModel):
         self.num_classes = num_classes
         self.quantization_levels = QUANTIZATION_LEVELS.get(target)
         self.residual = float(residual) if residual else None
+        # Layout y and x are brought to on entry; flowlib.layout.channels_last sets torch.channels_last.
+        self.memory_format = torch.contiguous_format
 
     def _offset(self, x: Tensor, like: Tensor) -> Tensor | float:
         """``a x``, the part of ``y`` the flow does not model (0 unless ``residual``)."""
@@ -291,6 +323,7 @@ class FlowModel(StructuredModel):
         Convolutional flows take any ``y`` whose height and width are multiples of ``2**levels``.
         """
         self.check_size(y)
+        y, x = to_layout(y, self.memory_format), to_layout(x, self.memory_format)
         if self.dequantizer is None:
             return self.flow.log_prob(y - self._offset(x, y), x)
         v, log_q = self.dequantizer.dequantize(self._flow_target(y), x)
@@ -300,18 +333,48 @@ class FlowModel(StructuredModel):
         """Negative ``log_likelihood`` (the negative dequantization bound for discrete targets), shape (B,)."""
         return -self.log_likelihood(y, x)
 
+    @torch.inference_mode()
     def sample(self, x: Tensor, temperature: float = 1.0) -> Tensor:
         """``y ~ p(y|x)`` in data space: quantized (8-bit, binary), argmax of the one-hot channels (categorical).
 
         ``y``'s grid is ``x``'s times the build-time ratio ``y/x``; it must be a multiple of ``2**levels``.
+        Runs under ``torch.inference_mode`` (the flow's own ``sample`` stays differentiable).
         """
-        v = self.flow.sample(x, temperature)
+        return self._to_data(self.flow.sample(x, temperature), x)
+
+    def _to_data(self, v: Tensor, x: Tensor) -> Tensor:
+        """A flow sample ``v`` (given ``x``) in data space."""
         if self.dequantizer is None:
             return v + self._offset(x, v)
         v = v + 0.5
         if self.target == "categorical":
             return v.argmax(dim=1, keepdim=True).to(v.dtype)
         return quantize(v, self.quantization_levels)
+
+    def _sample_elements(self, x: Tensor) -> int:
+        c = self.num_classes if self.target == "categorical" else self.flow.y_shape[0]
+        h, w = self.flow.y_size_of(x)
+        return c * h * w
+
+    def _sample_passes(self, x: Tensor, n: int, temperature: float, max_elements: int):
+        """``h = g(x)`` once for all draws; each pass decodes ``k`` draws of the batch as one batch of ``k B``.
+
+        The noise of each draw is drawn in turn, in the order :meth:`sample` draws it, so with the same seed
+        the passes decode exactly the samples ``n`` calls of :meth:`sample` would (up to float rounding of
+        the larger batch).
+        """
+        size = self.flow.y_size_of(x)
+        conds = self.flow.conditions(x, size)
+        per_pass = max(1, max_elements // max(1, x.shape[0] * self._sample_elements(x)))
+        done = 0
+        while done < n:
+            k = min(per_pass, n - done)
+            draws = [self.flow.noise(x.shape[0], size, temperature, x.dtype, x.device) for _ in range(k)]
+            noise = [None if parts[0] is None else torch.cat(parts) for parts in zip(*draws)]
+            rep = (lambda t: t) if k == 1 else (lambda t: t.repeat(k, *([1] * (t.dim() - 1))))
+            v = self.flow.sample_from([rep(c) for c in conds], temperature, noise)
+            yield k, self._to_data(v, rep(x))
+            done += k
 
 
 class FactorizedModel(StructuredModel):
@@ -334,11 +397,13 @@ class FactorizedModel(StructuredModel):
     def log_likelihood(self, y: Tensor, x: Tensor) -> Tensor:
         return self.baseline.log_likelihood(y, x)
 
+    @torch.inference_mode()
     def sample(self, x: Tensor, temperature: float = 1.0) -> Tensor:
         return self.baseline.sample(x, temperature)
 
-    @torch.no_grad()
-    def predict(self, x: Tensor, n_samples: int = 8, temperature: float = 1.0) -> dict[str, Tensor]:
+    @torch.inference_mode()
+    def predict(self, x: Tensor, n_samples: int = 8, temperature: float = 1.0,
+                max_batch_elements: int = PREDICT_BATCH_ELEMENTS) -> dict[str, Tensor]:
         mean, std = self.baseline.moments(x, temperature)
         return self._summarise(mean, std)
 

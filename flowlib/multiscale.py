@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .bijection import Bijection
+from .layout import to_layout
 from .squeeze import squeeze2d
 
 COND_MODES = ("interpolate", "squeeze")
@@ -74,6 +75,8 @@ class ConditionalFlow(nn.Module):
         # Build-time level sizes; convolutional flows recompute them from each call's y (see `sizes_of`).
         self.level_sizes = self.sizes_of(self.y_shape[1:])
         self.config: dict = {}
+        # Layout y and x are brought to on entry; flowlib.layout.channels_last sets torch.channels_last.
+        self.memory_format = torch.contiguous_format
 
     # ---------------------------------------------------------------------------------------------- geometry
     @property
@@ -131,6 +134,7 @@ class ConditionalFlow(nn.Module):
         """
         size = self.y_size_of(x) if size is None else self.check_size(size)
         level_sizes = self.sizes_of(size)
+        x = to_layout(x, self.memory_format)
         if self.cond_mode == "squeeze":
             h = resample(x, size)
             out = []
@@ -168,7 +172,7 @@ class ConditionalFlow(nn.Module):
     def log_prob(self, y: Tensor, x: Tensor) -> Tensor:
         """``log p(y|x)`` in nats, shape ``(B,)``; any ``y`` size divisible by ``2**L`` (c-Glow: the built size)."""
         conds = self.conditions(x, y.shape[-2:])
-        latents, logdet, log_split = self._encode(y, conds)
+        latents, logdet, log_split = self._encode(to_layout(y, self.memory_format), conds)
         return logdet + log_split + self.prior.log_prob(latents[-1], conds[-1])
 
     def forward(self, y: Tensor, x: Tensor) -> Tensor:
@@ -177,22 +181,52 @@ class ConditionalFlow(nn.Module):
 
     def encode(self, y: Tensor, x: Tensor) -> list[Tensor]:
         """Latents, one per level (factored-out halves), the final prior's last."""
-        return self._encode(y, self.conditions(x, y.shape[-2:]))[0]
+        return self._encode(to_layout(y, self.memory_format), self.conditions(x, y.shape[-2:]))[0]
 
     def decode(self, latents: Sequence[Tensor], x: Tensor) -> Tensor:
         """Exact inverse of :meth:`encode`; ``y``'s size is that of the last latent times ``2**L``."""
         m, top = self.multiple, latents[-1]
         return self._decode(latents, self.conditions(x, (top.shape[-2] * m, top.shape[-1] * m)))
 
+    def noise(self, batch: int, size: Sequence[int], temperature: float = 1.0,
+              dtype: Optional[torch.dtype] = None, device: Optional[torch.device] = None) -> list[Optional[Tensor]]:
+        """The standard-normal noise one :meth:`sample` of ``batch`` draws for a ``y`` of spatial ``size``.
+
+        Order (the order ``sample`` consumes the random stream): the final prior's ``eps``, then the split
+        priors' from the deepest level up. ``temperature == 0`` draws nothing (every entry ``None``).
+        """
+        sizes = self.sizes_of(size)
+        shapes = [self.prior.noise_shape(batch, sizes[-1])]
+        shapes += [self.split_priors[l].noise_shape(batch, sizes[l]) for l in reversed(range(len(self.split_priors)))]
+        if temperature == 0:
+            return [None] * len(shapes)
+        return [torch.randn(s, dtype=dtype, device=device) for s in shapes]
+
+    def sample_from(self, conds: Sequence[Tensor], temperature: float = 1.0,
+                    noise: Optional[Sequence[Optional[Tensor]]] = None) -> Tensor:
+        """Decode the priors' samples given the conditions ``conds = self.conditions(x)`` (and optionally the
+        ``noise`` of :meth:`noise`): ``y`` with every prior std scaled by ``temperature``.
+
+        With ``conds`` repeated along the batch and the noise of several draws concatenated in the same order,
+        this is the same computation as that many calls of :meth:`sample`, in one pass.
+        """
+        batch, top = conds[-1].shape[0], conds[-1].shape[-2:]
+        if noise is None:
+            m = self.multiple  # conds[-1] is at the last level's size, y's / 2**L
+            noise = self.noise(batch, (top[0] * m, top[1] * m), temperature, conds[-1].dtype, conds[-1].device)
+        eps = iter(noise)
+        z = self.prior.sample(conds[-1], temperature, next(eps))
+        for l in reversed(range(len(self.levels))):
+            if l < len(self.levels) - 1:
+                z_out = self.split_priors[l].sample(torch.cat([z, conds[l]], dim=1), temperature, next(eps))
+                z = torch.cat([z, z_out], 1)
+            z, _ = self.levels[l].inverse(z, conds[l])
+        return z
+
     def sample(self, x: Tensor, temperature: float = 1.0) -> Tensor:
         """Draw ``y ~ p(y|x)`` with every prior std scaled by ``temperature`` (0: decode the means).
 
         ``y``'s size is ``x``'s times the build-time ratio ``y/x`` (e.g. 2x for x2 SR, 1x for DRIVE).
+        Differentiable; the data-space ``StructuredModel.sample`` runs under ``torch.inference_mode``.
         """
-        conds = self.conditions(x)
-        z = self.prior.sample(conds[-1], temperature)
-        for l in reversed(range(len(self.levels))):
-            if l < len(self.levels) - 1:
-                z = torch.cat([z, self.split_priors[l].sample(torch.cat([z, conds[l]], dim=1), temperature)], 1)
-            z, _ = self.levels[l].inverse(z, conds[l])
-        return z
+        return self.sample_from(self.conditions(x), temperature)

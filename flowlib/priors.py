@@ -2,6 +2,8 @@
 
 Priors are not bijections: each exposes ``log_prob(z, cond) -> (B,)`` and ``sample(cond, temperature) -> z``.
 Temperature ``T`` scales the standard deviation, ``z = \\mu + T \\sigma \\epsilon``; ``T = 0`` returns the mean.
+``sample`` draws ``\\epsilon \\sim N(0, I)`` itself unless given one (``eps``, shape ``noise_shape``), so a caller
+can draw the noise of many samples in a fixed order and decode them in one batch.
 """
 from __future__ import annotations
 
@@ -21,10 +23,13 @@ def gaussian_log_prob(z: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
     return sum_except_batch(-0.5 * ((z - mean) * torch.exp(-log_std)) ** 2 - log_std - 0.5 * _LOG_2PI)
 
 
-def gaussian_sample(mean: Tensor, log_std: Tensor, temperature: float) -> Tensor:
+def gaussian_sample(mean: Tensor, log_std: Tensor, temperature: float, eps: Optional[Tensor] = None) -> Tensor:
+    """``mean + T exp(log_std) eps``; ``eps ~ N(0, I)`` drawn here (in ``mean``'s logical order) unless given."""
     if temperature == 0:
         return mean
-    return mean + temperature * log_std.exp() * torch.randn_like(mean)
+    if eps is None:
+        eps = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device)
+    return mean + temperature * log_std.exp() * eps
 
 
 def _zero_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -56,13 +61,13 @@ class DiagonalGaussian(nn.Module):
         return gaussian_log_prob(z, self.mean, self.log_std)
 
     def sample(self, cond: Optional[Tensor] = None, temperature: float = 1.0,
-               batch_size: Optional[int] = None) -> Tensor:
+               batch_size: Optional[int] = None, eps: Optional[Tensor] = None) -> Tensor:
         if batch_size is None:
-            if cond is None:
-                raise ValueError("DiagonalGaussian.sample needs cond or batch_size to know the batch size")
-            batch_size = cond.shape[0]
+            if cond is None and eps is None:
+                raise ValueError("DiagonalGaussian.sample needs cond, eps or batch_size to know the batch size")
+            batch_size = (cond if cond is not None else eps).shape[0]
         mean = self.mean.expand(batch_size, *self.shape)
-        return gaussian_sample(mean, self.log_std.expand_as(mean), temperature)
+        return gaussian_sample(mean, self.log_std.expand_as(mean), temperature, eps)
 
 
 class _ConvGaussian(nn.Module):
@@ -84,9 +89,14 @@ class _ConvGaussian(nn.Module):
         mean, log_std = self.params(cond)
         return gaussian_log_prob(z, mean, log_std)
 
-    def sample(self, cond: Optional[Tensor], temperature: float = 1.0) -> Tensor:
+    def noise_shape(self, batch: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
+        """Shape of ``eps`` (and of ``z``) for ``batch`` samples at spatial ``size``."""
+        return (batch, self.channels, int(size[0]), int(size[1]))
+
+    def sample(self, cond: Optional[Tensor], temperature: float = 1.0, eps: Optional[Tensor] = None) -> Tensor:
+        """``z = mu(cond) + T sigma(cond) eps``, ``eps ~ N(0, I)`` unless given (shape ``noise_shape``)."""
         mean, log_std = self.params(cond)
-        return gaussian_sample(mean, log_std, temperature)
+        return gaussian_sample(mean, log_std, temperature, eps)
 
 
 class ConditionalPrior(_ConvGaussian):

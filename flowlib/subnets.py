@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layout import Conv1x1, is_channels_last
+
 SUBNETS = ("sr", "drive", "glow")
 
 
@@ -25,6 +27,11 @@ class InstanceNorm2d(nn.Module):
 
     def forward(self, a: Tensor) -> Tensor:
         if a.shape[2] * a.shape[3] > 1:
+            if is_channels_last(a):
+                # F.instance_norm reshapes to NCHW (two copies); per-sample moments then one fused pass keep NHWC.
+                var, mean = torch.var_mean(a, dim=(2, 3), keepdim=True, correction=0)
+                scale = self.weight[None, :, None, None] * torch.rsqrt(var + self.eps)
+                return torch.addcmul(self.bias[None, :, None, None] - mean * scale, a, scale)
             return F.instance_norm(a, weight=self.weight, bias=self.bias, eps=self.eps)
         return a * self.weight[None, :, None, None] + self.bias[None, :, None, None]
 
@@ -67,11 +74,11 @@ def make_subnet(kind: str, in_channels: int, out_channels: int, hidden: int) -> 
     """
     if kind == "sr":
         return nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1), nn.ReLU(),
-                             nn.Conv2d(hidden, hidden, 1), nn.ReLU(), _zero_conv(hidden, out_channels, 3))
+                             Conv1x1(hidden, hidden), nn.ReLU(), _zero_conv(hidden, out_channels, 3))
     if kind == "drive":
         return nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1), InstanceNorm2d(hidden), nn.ReLU(),
                              _zero_conv(hidden, out_channels, 3))
     if kind == "glow":
         return nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1), nn.ReLU(),
-                             nn.Conv2d(hidden, hidden, 1), nn.ReLU(), ZeroConv2d(hidden, out_channels))
+                             Conv1x1(hidden, hidden), nn.ReLU(), ZeroConv2d(hidden, out_channels))
     raise ValueError(f"unknown subnet {kind!r}; expected one of {SUBNETS}")

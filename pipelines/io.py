@@ -37,6 +37,14 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _publish(tmp: str, path: Path) -> None:
+    """Give the synced temporary file ``tmp`` the output permissions and rename it onto ``path``."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, FILE_MODE & ~umask)
+    os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """``with atomic_write(path) as f: f.write(...)``: ``path`` appears whole on success, untouched on error."""
@@ -48,10 +56,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, FILE_MODE & ~umask)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -97,10 +102,7 @@ def write_with(path: str | os.PathLike, writer: Callable[[str], Any], suffix: st
         writer(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, FILE_MODE & ~umask)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

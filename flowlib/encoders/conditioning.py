@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..layout import Conv1x1
+
 
 def _downscale_conv(in_channels: int, out_channels: int, in_size: tuple[int, int], out_size: tuple[int, int]) -> nn.Conv2d:
     """The "RConv" of c-Glow Figure 5: stride ``H_in // H_out``, kernel ``H_in - (H_out - 1) stride``, no padding.
@@ -80,7 +82,7 @@ class CouplingFeatureNetwork(nn.Module):
         nn.init.zeros_(last.bias)
         self.out_channels = out_channels
         self.net = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1), nn.ReLU(),
-                                 nn.Conv2d(hidden, hidden, 1), nn.ReLU(), last)
+                                 Conv1x1(hidden, hidden), nn.ReLU(), last)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

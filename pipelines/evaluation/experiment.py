@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import torch
 
-from pipelines.evaluation.split import evaluate_split, finite_scalars
+from pipelines.evaluation.split import CropProtocol, evaluate_split, finite_scalars
 from pipelines.tasks import get_task
 
 
@@ -44,16 +44,24 @@ def eval_dataset(exp) -> str:
     return exp.data.eval_dataset or exp.data.dataset
 
 
+#: Keys of an ``eval.extra_splits`` entry (``bpd_crops``: Winkler et al. 2019, Table 2's crop protocol).
+EXTRA_SPLIT_KEYS = ("dataset", "split", "size", "batch_size", "bpd_crops")
+
+
 def eval_splits(exp) -> dict[str, dict[str, Any]]:
-    """``{result name: {dataset, split[, size, batch_size]}}``: the eval split, then ``eval.extra_splits``."""
+    """``{result name: {dataset, split[, size, batch_size, bpd_crops]}}``: the eval split, then
+    ``eval.extra_splits``; ``bpd_crops`` is parsed into a :class:`CropProtocol`."""
     splits = {exp.data.eval_split: {"dataset": eval_dataset(exp), "split": exp.data.eval_split}}
     for name, extra in (exp.eval.extra_splits or {}).items():
-        if not isinstance(extra, Mapping) or "dataset" not in extra:
-            raise ValueError(f"experiments.{exp.name}.eval.extra_splits.{name}: expected "
-                             f"{{dataset: <name>, split: <split>[, size: N, batch_size: N]}}, got {extra!r}")
+        where = f"experiments.{exp.name}.eval.extra_splits.{name}"
+        if not isinstance(extra, Mapping) or "dataset" not in extra or set(extra) - set(EXTRA_SPLIT_KEYS):
+            raise ValueError(f"{where}: expected {{dataset: <name>, split: <split>[, size: N, batch_size: N, "
+                             f"bpd_crops: {{count: N, size: S}}]}}, got {extra!r}")
         # Benchmarks (Set5, Set14, BSD100) are scored at their native sizes, which differ per image: one
         # image per batch and no resize, unless the extra split says otherwise.
         splits[name] = {"split": "test", "size": None, "batch_size": 1, **extra}
+        if "bpd_crops" in extra:
+            splits[name]["bpd_crops"] = CropProtocol.parse(extra["bpd_crops"], f"{where}.bpd_crops")
     return splits
 
 
@@ -61,7 +69,7 @@ def evaluate_experiment(exp, model, data_dir: str | Path, *, seed: int = 0, n_sa
                         temperature: float | None = None, splits: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
     """Evaluate ``model`` for experiment ``exp`` (``ExperimentParams``) on ``splits`` (default ``eval_splits``).
 
-    ``splits`` maps a result name to ``{dataset, split[, size, batch_size]}``; ``n_samples`` and
+    ``splits`` maps a result name to ``{dataset, split[, size, batch_size, bpd_crops]}``; ``n_samples`` and
     ``temperature`` default to the experiment's ``eval`` section. Returns ``{name: summary}``, each summary
     with its ``dataset`` and ``split``.
     """
@@ -85,7 +93,7 @@ def evaluate_experiment(exp, model, data_dir: str | Path, *, seed: int = 0, n_sa
                              train=False, rank=0, world_size=1, num_workers=0, seed=seed, **kwargs)
         summary = evaluate_split(model, loader, task, n_samples=n_samples, temperature=temperature,
                                  label=f"{exp.name}/{name}", total=loader.num_samples,
-                                 max_batches=exp.eval.max_batches)
+                                 max_batches=exp.eval.max_batches, bpd_crops=spec.get("bpd_crops"), seed=seed)
         summary.update({"dataset": dataset, "split": split})
         results[name] = summary
     return results

@@ -1,21 +1,53 @@
 """Sampling temperature sweeps (Winkler et al. 2019, Figure 3): metrics per temperature and a sample grid.
 
-Temperature scales every prior std; 0 decodes the prior means. Each temperature scores the split with the
-protocol of `cnf evaluate` (``evaluate_experiment``); the grid shows the same inputs at every temperature,
-drawn with the same noise so that only its scale changes.
+Temperature scales every prior std; 0 decodes the prior means. Each temperature scores the sweep split and the
+experiment's extra splits (the SR test sets) with the protocol of `cnf evaluate` (``evaluate_experiment``);
+``select_temperature`` picks the best one on the sweep split (a validation split), which `cnf evaluate` then
+uses for every split (Winkler et al. 2019, Table 2). The grid shows the same inputs at every temperature, drawn
+with the same noise so that only its scale changes.
 """
 from __future__ import annotations
 
+import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
-from pipelines.evaluation.experiment import dataset_folder, eval_dataset, evaluate_experiment
+from pipelines.evaluation.experiment import dataset_folder, eval_dataset, eval_splits, evaluate_experiment
 from pipelines.tasks import Task, display_input, get_task
 
 GRID_INPUTS = 4  # rows of the temperature grid
+
+
+@dataclass(frozen=True)
+class SweepEntry:
+    """One entry of params.yaml's ``sweeps`` section: ``<experiment>: {dataset: <its eval dataset>[, select:
+    <metric>]}``. ``dataset`` is what dvc.yaml makes the sweep depend on; ``select`` names the metric the sweep
+    chooses the sampling temperature by (on the sweep split), which `cnf evaluate` then uses."""
+
+    experiment: str
+    dataset: str
+    select: str | None = None
+
+
+def sweep_entry(sections: Mapping[str, Any], experiment: str) -> SweepEntry | None:
+    """``experiment``'s entry of ``sections["sweeps"]`` (``Params.sections``), None when it has none."""
+    sweeps = sections.get("sweeps") or {}
+    if not isinstance(sweeps, Mapping):
+        raise ValueError(f"sweeps: expected a mapping of experiment -> {{dataset, select}}, got {sweeps!r}")
+    if experiment not in sweeps:
+        return None
+    body = sweeps[experiment]
+    where = f"sweeps.{experiment}"
+    if not isinstance(body, Mapping) or "dataset" not in body or set(body) - {"dataset", "select"}:
+        raise ValueError(f"{where}: expected {{dataset: <name>[, select: <metric>]}}, got {body!r}")
+    select = body.get("select")
+    if select is not None and not isinstance(select, str):
+        raise ValueError(f"{where}.select: expected a metric name (e.g. psnr), got {select!r}")
+    return SweepEntry(experiment, str(body["dataset"]), select)
 
 
 def sweep_split(exp) -> str:
@@ -23,18 +55,43 @@ def sweep_split(exp) -> str:
     return exp.sweep.split or exp.data.eval_split
 
 
-def sweep_experiment(exp, model, data_dir: str | Path, temperatures: Sequence[float], *, seed: int = 0) -> dict:
-    """``{temperature: summary of the sweep split}``, predictions the mean of ``sweep.n_samples`` (else
-    ``eval.n_samples``) samples at that temperature."""
+def sweep_splits(exp) -> dict[str, dict[str, Any]]:
+    """What a sweep scores: the sweep split (the one a temperature is chosen on), then ``eval.extra_splits``
+    (the SR test sets, so each temperature's test scores are on record). Bits/dim is not what a sweep is for,
+    so extra splits take it over whole images rather than ``bpd_crops``."""
     split = sweep_split(exp)
+    out = {split: {"dataset": eval_dataset(exp), "split": split}}
+    for name, spec in eval_splits(exp).items():
+        if name != exp.data.eval_split and name != split:
+            out[name] = {k: v for k, v in spec.items() if k != "bpd_crops"}
+    return out
+
+
+def sweep_experiment(exp, model, data_dir: str | Path, temperatures: Sequence[float], *, seed: int = 0) -> dict:
+    """``{split name: {temperature: summary}}`` over ``sweep_splits(exp)``, the sweep split first; predictions
+    are the mean of ``sweep.n_samples`` (else ``eval.n_samples``) samples at that temperature."""
     n_samples = exp.sweep.n_samples or exp.eval.n_samples
-    results = {}
+    splits = sweep_splits(exp)
+    results: dict[str, dict[float, dict]] = {name: {} for name in splits}
     for t in temperatures:
         print(f"[{exp.name}] sweep: temperature {float(t):g}", file=sys.stderr, flush=True)
         out = evaluate_experiment(exp, model, data_dir, seed=seed, n_samples=n_samples, temperature=float(t),
-                                  splits={split: {"dataset": eval_dataset(exp), "split": split}})
-        results[float(t)] = out[split]
+                                  splits=splits)
+        for name in splits:
+            results[name][float(t)] = out[name]
     return results
+
+
+def select_temperature(results: Mapping[float, Mapping[str, Any]], metric: str) -> float:
+    """The temperature whose summary has the best ``metric`` (highest; lowest for ``bpd``); ties go to the
+    lowest temperature. A metric no temperature reports is an error naming the ones there are."""
+    scored = {t: s[metric] for t, s in results.items()
+              if isinstance(s.get(metric), (int, float)) and math.isfinite(float(s[metric]))}
+    if not scored:
+        there = sorted({k for s in results.values() for k, v in s.items() if isinstance(v, (int, float))})
+        raise ValueError(f"no temperature has a finite {metric!r} to choose by; the sweep reports {there}")
+    sign = 1.0 if metric == "bpd" else -1.0
+    return min(sorted(scored), key=lambda t: sign * float(scored[t]))
 
 
 def grid_batch(exp, data_dir: str | Path, *, seed: int = 0) -> dict:

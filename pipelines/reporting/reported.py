@@ -29,12 +29,17 @@ TABLES: dict[str, dict] = {
             ("ImageNet64", "factorized LL", 3.61),
         ]),
         "notes": "Test = the ImageNet32/64 validation sets (Winkler et al. use them as test sets).",
+        "choices": [
+            "x = the MATLAB-bicubic x2 downscale of y (the paper does not give Table 1's factor; x2 as in Table 2).",
+            "Bits/dim over each image's real pixels: the likelihood of the unpadded image, D = its C x H x W.",
+        ],
     },
     "winkler_table2": {
         "paper": "winkler2019",
         "title": "2x super-resolution: bpd / PSNR / SSIM on Set5, Set14, BSD100 (Winkler et al. 2019, Table 2)",
         "keys": ("dataset", "method"),
         "metrics": ("bpd", "psnr", "ssim"),
+        "columns": ("temperature",),
         "source": f"reported ({WINKLER}, Table 2)",
         "rows": _rows(("dataset", "method", "bpd", "psnr", "ssim"), [
             ("Set5", "Bicubic", None, 33.7, 0.930),
@@ -56,8 +61,19 @@ TABLES: dict[str, dict] = {
             ("BSD100", "LL Baseline", 3.20, 30.6, 0.900),
             ("BSD100", "CNF", 2.33, 31.4, 0.893),
         ]),
-        "notes": "PSNR/SSIM on the Y channel with the scale shaved (SR convention). Paper bpd: mean over 1000 "
-                 "random 128x128 crops; ours: whole test images. Models trained on ImageNet64.",
+        "notes": "PSNR/SSIM on the Y channel with the scale shaved (SR convention); bpd as the paper computes it, "
+                 "an average over 1000 randomly cropped 128x128 patches. Models trained on ImageNet64. "
+                 "temperature: the sampling temperature of our PSNR/SSIM (the paper does not state one).",
+        "choices": [
+            "bpd: the 1000 crops of a benchmark are shared equally by its images (Set5: 200 each, BSD100: 10), "
+            "corners uniform over the image on even positions (the LR crop aligns), drawn from the image key "
+            "with a fixed seed; an image under 128 px on a side is used whole for its crops (the demo "
+            "benchmarks are 48x48, so there bpd is over whole images).",
+            "temperature: chosen per model from sweep.temperatures by PSNR on ImageNet64's validation images "
+            "(the sweep split, not a Table 2 test set; `cnf sweep`, ties to the lowest), then used for every "
+            "test set; the paper calls 0.5 'a balance' and samples Figure 2 at 0.8.",
+            "PSNR/SSIM of one prediction per image: the mean of eval.n_samples samples (paper profile: 1).",
+        ],
     },
     "winkler_table3": {
         "paper": "winkler2019",
@@ -80,13 +96,19 @@ TABLES: dict[str, dict] = {
         ]),
         "notes": "Max F over thresholds (DRIU protocol: per-image P/R inside the FOV averaged, F of the averages). "
                  "Paper: mean +/- std over 5 runs; other methods cited by Winkler et al. from Maninis et al. 2016. "
-                 "The table's layout was lost in extraction; values as transcribed in papers/README.md.",
+                 "The table's layout was lost in extraction; values as transcribed in papers/README.md. Our bpd is "
+                 "over the real 584x565 image, not the 1024x1024 padded one.",
+        "choices": [
+            "bpd: the likelihood of the unpadded image cut to 584x564 (the squeeze layers need multiples of "
+            "2**L = 4, so one column goes), D = those 584 x 564 pixels; the padding to 1024 never enters.",
+        ],
     },
     "cglow_table1": {
         "paper": "lu2020",
         "title": "Binary segmentation (Weizmann horses), mean IoU (Lu & Huang 2020, Table 1)",
         "keys": ("image_size", "method"),
         "metrics": ("iou",),
+        "columns": ("iou_fg",),
         "source": f"reported ({LU}, Table 1)",
         "rows": _rows(("image_size", "method", "iou"), [
             ("32x32 (inferred)", "c-Glow", 0.812),
@@ -102,7 +124,14 @@ TABLES: dict[str, dict] = {
                  "are the three sizes, smallest first (32/64/128 in the original); the first row's third value "
                  "is DVN ('DVN only has result on [small] images', 'DVN performs the best' there); the second "
                  "row's third is NLStruct (c-Glow 'significantly outperforms FCN and NLStruct on larger "
-                 "images'). IoU: foreground IoU per image averaged over images (the DVN convention).",
+                 "images'). iou: mean IoU, the average of background and foreground IoU per image, then over "
+                 "images (the authors' released code); iou_fg: foreground IoU beside it (ours only). Masks are "
+                 "tiled to three channels, as the paper does.",
+        "choices": [
+            "Tiled prediction collapsed to one mask: the mean of the three channels' soft maps (each the mean of "
+            "eval.n_samples samples) > 1/2.",
+            "Bits/dim (not in the table) counts the three tiled copies as dimensions.",
+        ],
     },
     "cglow_table2": {
         "paper": "lu2020",
@@ -138,7 +167,14 @@ TABLES: dict[str, dict] = {
         "notes": "Header lost in extraction: only '27.61 25.58 28.21 28.53' survives. Inferred: c-Glow is 'worse "
                  "than DnCNN and BM3D' and DnCNN is smoother, so DnCNN 28.53 and BM3D 28.21; c-Glow leads "
                  "Tables 4 and 5, so 27.61 is taken as c-Glow and 25.58 as McWNNM. The noise sigma was also "
-                 "lost (ours: tasks.py).",
+                 "lost: ours is sigma = 25 (0..255 scale).",
+        "choices": [
+            "sigma = 25 on the 0..255 scale (DnCNN's standard level; the paper's value was lost).",
+            "'Crop a region and resize': the largest centred square (481x321 -> its middle 321x321), MATLAB-"
+            "bicubic resized to data.size (paper profile 64), so the aspect ratio is kept.",
+            "The noisy input x = y + n is not clipped to [0, 1] (DnCNN's protocol); PSNR on [0, 1] over all "
+            "pixels and channels, predictions clipped to [0, 1].",
+        ],
     },
     "cglow_table4": {
         "paper": "lu2020",
@@ -149,7 +185,21 @@ TABLES: dict[str, dict] = {
         "rows": _rows(("method", "psnr"), [
             ("c-Glow", 36.53), ("ProximalNet", 36.31), ("FilterForest", 35.63), ("BM3D", 35.46),
         ]),
-        "notes": "Ours: PSNR in metres inside the valid-depth mask, peak tasks.DEPTH_MAX_M.",
+        "notes": "Protocol of Wang et al. 2016: input = the raw Kinect depth, target = a refined depth of the same "
+                 "view, train on Chess, test on 5,500 frames of the other scenes, random crops. Ours: PSNR in "
+                 "metres over the valid target pixels, peak 4 m.",
+        "choices": [
+            "Refined target: temporal fusion of the frame with its 4 neighbours on either side (the release's "
+            "poses and depth intrinsics), the mean of the depths within max(1 cm, 3 %) of their median, valid "
+            "where 5 of the 9 agree (pipelines/data/datasets/fusion.py); Wang et al. use KinectFusion's model, "
+            "which the release does not hold per frame.",
+            "Test frames: 5,500 drawn once (seed 2016) from every non-Chess frame.",
+            "Crops: data.size (paper profile 64, demo 16) square windows, never resized; random each training "
+            "epoch, one fixed window per frame at test, the first of 10 with >= 90 % valid target pixels; "
+            "invalid target pixels are filled from the nearest valid one and not scored.",
+            "PSNR: depth in metres, peak 4 m (7-Scenes' Kinect range), over the valid target pixels, per image "
+            "then averaged (Wang et al.'s convention is not in the text we have).",
+        ],
     },
     "cglow_table5": {
         "paper": "lu2020",
@@ -158,9 +208,29 @@ TABLES: dict[str, dict] = {
         "metrics": ("psnr",),
         "source": f"reported ({LU}, Table 5)",
         "rows": _rows(("method", "psnr"), [("c-Glow", 24.88), ("DCGANi-b", 23.65), ("DCGANi", 22.73)]),
-        "notes": "DCGANi-b: DCGAN inpainting with Poisson blending. Ours: PSNR (8-bit) of the hidden block.",
+        "notes": "DCGANi-b: DCGAN inpainting with Poisson blending. Ours: y is the hidden central block only (the "
+                 "paper's labels), x the image with it hidden; PSNR (8-bit) of the hidden block (whole-image "
+                 "PSNR would be about 6 dB higher).",
+        "choices": [
+            "Test set ('2,000 randomly selected images'): celeba: 2,000 drawn once (seed 2020) from the official "
+            "test partition; celeba_subset: its own 1,000-image test split (ids 9001-10000).",
+            "Central block of half the side (25 % of the pixels hidden; the fraction was lost); centre square "
+            "of the face resized to data.size (paper profile 64).",
+            "PSNR region: the hidden block only.",
+        ],
     },
 }
+
+
+def table_names(value, where: str) -> tuple[str, ...]:
+    """An experiment's ``table`` (one name or a list) as a tuple; a name not in ``TABLES`` is an error naming it
+    and ``where`` (the params key or file it came from)."""
+    names = (value,) if isinstance(value, str) else tuple(value or ())
+    unknown = [n for n in names if n not in TABLES]
+    if unknown:
+        raise ValueError(f"{where}: unknown table {unknown[0]!r}" + (f" (and {unknown[1:]})" if unknown[1:] else "")
+                         + f"; known tables: {', '.join(TABLES)}")
+    return names
 
 
 def reported_value(table: str, metric: str, **keys) -> float | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from pipelines.io import write_text
-from pipelines.reporting.reported import TABLES
+from pipelines.reporting.reported import TABLES, table_names
 
 TABLE_NAMES = tuple(TABLES)
 DATASET_NAMES = {"imagenet32": "ImageNet32", "imagenet64": "ImageNet64", "set5": "Set5", "set14": "Set14",
@@ -94,6 +94,14 @@ def _row(ev: Mapping, source: str, **fields) -> dict:
             "mlflow_run_id": ev.get("mlflow_run_id")}
 
 
+def _temperature_note(ev: Mapping) -> str:
+    selection = ev.get("temperature_selection")
+    if selection:
+        return (f"temperature {selection['temperature']:g} chosen by {selection['metric']} on "
+                f"{selection.get('dataset')} {selection.get('split')}")
+    return f"temperature {ev.get('temperature')} from eval.temperature (no sweep selection)"
+
+
 def computed_rows(table: str, evals: Iterable[Mapping], scores: Iterable[Mapping]) -> list[dict]:
     """Our rows of ``table`` from evaluation results and scores of methods that need no training."""
     rows: list[dict] = []
@@ -112,14 +120,16 @@ def computed_rows(table: str, evals: Iterable[Mapping], scores: Iterable[Mapping
                 ds = str(s.get("dataset", name)).lower()
                 if ds in SR_BENCHMARKS:
                     rows.append(_row(ev, source, dataset=dataset_label(ds), method=label, bpd=_num(s.get("bpd")),
-                                     psnr=_num(s.get("psnr")), ssim=_num(s.get("ssim"))))
+                                     psnr=_num(s.get("psnr")), ssim=_num(s.get("ssim")),
+                                     temperature=_num(ev.get("temperature")), notes=_temperature_note(ev)))
         elif table == "winkler_table3":
             rows.append(_row(ev, source, method=label, f1=_num(primary.get("f1")), bpd=_num(primary.get("bpd"))))
         elif table in ("cglow_table1", "cglow_table2"):
             size = (ev.get("data") or {}).get("size")
             metric = "iou" if table == "cglow_table1" else "spa"
             row = _row(ev, source, image_size=f"{size}x{size}" if size else "native", method=label,
-                       **{metric: _num(primary.get(metric))})
+                       **{metric: _num(primary.get(metric))},
+                       **({"iou_fg": _num(primary.get("iou_fg"))} if table == "cglow_table1" else {}))
             stand_in = paper_size(str(ev.get("experiment", "")))
             if stand_in and size and stand_in != f"{size}x{size}":
                 row["notes"] = f"{ev.get('profile')} profile: {size}x{size} stands for the paper's {stand_in} row"
@@ -148,7 +158,7 @@ def build_table(table: str, evals: list[Mapping], scores: list[Mapping]):
     spec = TABLES[table]
     reported = [{**r, "source": spec["source"]} for r in spec["rows"]]
     computed = computed_rows(table, evals, scores)
-    columns = list(spec["keys"]) + list(spec["metrics"]) + list(BOOKKEEPING)
+    columns = list(spec["keys"]) + list(spec["metrics"]) + list(spec.get("columns", ())) + list(BOOKKEEPING)
     df = pd.DataFrame(reported + computed)
     for col in columns:
         if col not in df.columns:
@@ -184,13 +194,21 @@ def _tex_escape(text: str) -> str:
     return text
 
 
+def notes_text(name: str) -> str:
+    """A table's notes and, after them, every choice we made where the paper is silent."""
+    spec = TABLES[name]
+    choices = spec.get("choices") or []
+    return spec["notes"] + ("" if not choices else " Our choices where the paper is silent: "
+                            + " ".join(f"({i}) {c}" for i, c in enumerate(choices, 1)))
+
+
 def write_table(name: str, df, out_dir: str | Path) -> list[Path]:
     """``<name>.md`` (title, table, notes), ``<name>.csv`` and ``<name>.tex``, each written atomically."""
     spec = TABLES[name]
     out_dir = Path(out_dir)
     shown = df.astype(object).where(df.notna(), None)  # tabulate prints None (not NaN) as missingval
     md = (f"### {spec['title']}\n\n{shown.to_markdown(index=False, floatfmt='.4g', missingval='-')}\n\n"
-          f"Notes: {spec['notes']}\n")
+          f"Notes: {notes_text(name)}\n")
     tex = df.to_latex(index=False, na_rep="--", float_format=lambda v: f"{v:.4g}", escape=True,
                       caption=_tex_escape(spec["title"]), label=f"tab:{name}")
     paths = [out_dir / f"{name}.md", out_dir / f"{name}.csv", out_dir / f"{name}.tex"]
@@ -245,6 +263,13 @@ def write_readme(frames: Mapping[str, Any], out_dir: str | Path, profile: str, m
     for name, df in frames.items():
         lines += [f"## {name}: {TABLES[name]['title']}", "", *comparison(name, df), "",
                   f"Files: `{name}.md`, `{name}.csv`, `{name}.tex`. Notes: {TABLES[name]['notes']}", ""]
+    lines += ["## Choices where the papers are silent", "",
+              "Each is also in its table's notes and next to its parameter in params.yaml / params-paper.yaml "
+              "or in the code named.", ""]
+    for name in frames:
+        for choice in TABLES[name].get("choices") or []:
+            lines.append(f"- **{name}**: {choice}")
+    lines.append("")
     path = Path(out_dir) / "README.md"
     write_text(path, "\n".join(lines))
     return path
@@ -317,6 +342,8 @@ def build_all(metrics_dir: str | Path, out_dir: str | Path, figures_dir: str | P
     profile = profile or next((e.get("profile") for e in evals if e.get("profile")), None) or "unknown"
     for sc in scores:
         sc.setdefault("profile", profile)
+    for ev in evals:
+        table_names(_tables_of(ev), str(ev.get("_file", "an eval result")))
     frames = {name: build_table(name, evals, scores) for name in TABLE_NAMES}
     missing = check_run_ids(frames) if check_runs else []
     for run_id in missing:

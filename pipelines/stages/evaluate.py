@@ -2,10 +2,12 @@
 
     cnf evaluate EXPERIMENT [--params params.yaml] [--model models/<exp>.pt] [--data DIR]
                  [--out metrics/eval/<exp>.json] [--train-metrics metrics/train/<exp>.json] [--figures DIR]
-                 [--set k=v ...]
+                 [--sweeps metrics/sweep] [--set k=v ...]
 
 Scores with ``pipelines.evaluation.evaluate_experiment``: bits/dim and the task's paper protocol
-(``pipelines/tasks/<task>.py``). Writes ``--out`` atomically with the ``mlflow_run_id`` of the experiment's
+(``pipelines/tasks/<task>.py``), sampling at ``eval.temperature``, or at the temperature `cnf sweep` chose on a
+validation split when ``sweeps.<exp>.select`` is set (recorded as ``temperature_selection``). The experiment's
+``table`` names must be tables of ``pipelines.reporting.reported``; an unknown one is refused before any work. Writes ``--out`` atomically with the ``mlflow_run_id`` of the experiment's
 training run (read from ``metrics/train/<exp>.json``) and logs ``eval.<split>.<metric>`` metrics and plots to
 that run.
 """
@@ -23,6 +25,31 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_trained_model_arguments(parser)
     parser.add_argument("--out", default=None, help="metrics JSON (default metrics/eval/<exp>.json)")
     parser.add_argument("--figures", default=None, help="also write the PR figures here (default: MLflow only)")
+    parser.add_argument("--sweeps", default="metrics/sweep",
+                        help="folder of `cnf sweep` outputs: an experiment with sweeps.<exp>.select in params.yaml "
+                             "is evaluated at the temperature its sweep chose (<folder>/<exp>.json)")
+
+
+def sampling_temperature(exp, sections, sweeps_dir) -> tuple[float, dict | None]:
+    """``(temperature, selection)``: the one ``cnf sweep`` chose on a validation split when params.yaml's
+    ``sweeps.<exp>.select`` asks for it (Winkler et al. 2019, Table 2), else ``eval.temperature`` and None."""
+    from pipelines.evaluation.sweep import sweep_entry
+
+    entry = sweep_entry(sections, exp.name)
+    if entry is None or entry.select is None:
+        return exp.eval.temperature, None
+    path = Path(sweeps_dir) / f"{exp.name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; sweeps.{exp.name}.select asks for the temperature `cnf sweep "
+                                f"{exp.name}` chooses (run it first)")
+    try:
+        selection = json.loads(path.read_text()).get("selection")
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not selection or selection.get("metric") != entry.select:
+        raise ValueError(f"{path}: no temperature chosen by {entry.select!r} (found {selection!r}); rerun "
+                         f"`cnf sweep {exp.name}` with the current params.yaml")
+    return float(selection["temperature"]), {**selection, "source": str(path)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,25 +62,28 @@ def run(args: argparse.Namespace) -> int:
                                                  train_run_id)
     from pipelines.io import write_json
     from pipelines.params import load_params
+    from pipelines.reporting.reported import table_names
     from pipelines.tasks import get_task
 
     params = load_params(args.params, args.overrides, experiment=args.experiment)
     exp = params.experiment(args.experiment)
+    tables = table_names(exp.table, f"experiments.{exp.name}.table")
+    temperature, selection = sampling_temperature(exp, params.sections, args.sweeps)
     model_path = args.model or f"models/{exp.name}.pt"
     out_path = Path(args.out or f"metrics/eval/{exp.name}.json")
     run_id = train_run_id(args.train_metrics or f"metrics/train/{exp.name}.json")
 
     torch.manual_seed(args.seed)
     model = load_model(model_path)
-    results = evaluate_experiment(exp, model, args.data, seed=args.seed)
-    tables = [exp.table] if isinstance(exp.table, str) else list(exp.table or [])
+    results = evaluate_experiment(exp, model, args.data, seed=args.seed, temperature=temperature)
     payload = {
-        "experiment": exp.name, "paper": exp.paper, "tables": [t for t in tables if t], "task": exp.task,
+        "experiment": exp.name, "paper": exp.paper, "tables": list(tables), "task": exp.task,
         "profile": params.profile, "mlflow_run_id": run_id, "checkpoint": str(model_path),
         "model": exp.model.build_options() | {"family": exp.model.family},
         "data": {"dataset": exp.data.dataset, "size": exp.data.size, "eval_split": exp.data.eval_split,
                  "eval_dataset": eval_dataset(exp)},
-        "n_samples": exp.eval.n_samples, "temperature": exp.eval.temperature, "seed": args.seed,
+        "n_samples": exp.eval.n_samples, "temperature": temperature, "temperature_selection": selection,
+        "seed": args.seed,
         "primary": exp.data.eval_split, "splits": results,
     }
     if run_id:

@@ -4,11 +4,14 @@
               [--out metrics/sweep/<exp>.json] [--figures figures] [--temperatures T,T,...] [--set k=v ...]
 
 For each temperature of ``sweep.temperatures`` (default 0, 0.5, 0.8, 1.0; temperature scales every prior
-std, 0 decodes the prior means) the experiment's eval split (``sweep.split`` to choose another) is scored
-with the evaluation protocol of `cnf evaluate` (prediction = mean of ``sweep.n_samples`` or ``eval.n_samples``
-samples; ``pipelines.evaluation.sweep``). A sample grid for fixed inputs (the first batch of the split: input,
-one sample per temperature, ground truth; Winkler et al. 2019, Figure 3) and a metric-vs-temperature plot go
-to ``figures/`` and to the experiment's MLflow run (``sweep.<metric>`` at step = round(100 T)). Writes
+std, 0 decodes the prior means) the experiment's sweep split (``sweep.split``, else the eval split) and its
+``eval.extra_splits`` (the SR test sets) are scored with the evaluation protocol of `cnf evaluate`
+(prediction = mean of ``sweep.n_samples`` or ``eval.n_samples`` samples; ``pipelines.evaluation.sweep``).
+With ``sweeps.<exp>.select: <metric>`` in params.yaml the temperature with the best metric on the sweep split
+is chosen (``selection`` in the output), and `cnf evaluate` uses it for every split (Winkler et al. 2019,
+Table 2). A sample grid for fixed inputs (the first batch of the sweep split: input, one sample per
+temperature, ground truth; Winkler et al. 2019, Figure 3) and a metric-vs-temperature plot go to ``figures/``
+and to the experiment's MLflow run (``sweep.<metric>`` at step = round(100 T)). Writes
 ``metrics/sweep/<exp>.json``.
 """
 from __future__ import annotations
@@ -29,11 +32,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperatures", default=None, help="comma-separated, overrides sweep.temperatures")
 
 
+def _scalars(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if not isinstance(v, (list, dict))}
+
+
 def run(args: argparse.Namespace) -> int:
     from flowlib.checkpoint import load_model
-    from pipelines.evaluation.experiment import eval_dataset, train_run_id
+    from pipelines.evaluation.experiment import train_run_id
     from pipelines.evaluation.split import finite_scalars
-    from pipelines.evaluation.sweep import GRID_INPUTS, grid_batch, sweep_experiment, sweep_split, temperature_grid
+    from pipelines.evaluation.sweep import (GRID_INPUTS, grid_batch, select_temperature, sweep_entry,
+                                            sweep_experiment, sweep_splits, temperature_grid)
     from pipelines.io import write_json
     from pipelines.params import load_params
     from pipelines.reporting import figures
@@ -45,16 +53,22 @@ def run(args: argparse.Namespace) -> int:
              else [float(t) for t in exp.sweep.temperatures])
     if not temps or any(t < 0 or not math.isfinite(t) for t in temps):
         raise ValueError(f"sweep temperatures must be finite and >= 0, got {temps}")
+    task = get_task(exp.task).with_options(**(exp.data.options or {}))
+    entry = sweep_entry(params.sections, exp.name)
+    if entry is not None and entry.select is not None and entry.select not in task.summary_metrics:
+        raise ValueError(f"sweeps.{exp.name}.select: {entry.select!r} is not a metric of task {exp.task!r}; "
+                         f"expected one of {list(task.summary_metrics)}")
     model_path = args.model or f"models/{exp.name}.pt"
     out_path = Path(args.out or f"metrics/sweep/{exp.name}.json")
     run_id = train_run_id(args.train_metrics or f"metrics/train/{exp.name}.json")
-    task = get_task(exp.task).with_options(**(exp.data.options or {}))
     model = load_model(model_path)
     model.eval()
 
-    results = sweep_experiment(exp, model, args.data, temps, seed=args.seed)
+    by_split = sweep_experiment(exp, model, args.data, temps, seed=args.seed)
+    splits = sweep_splits(exp)
+    split = next(iter(splits))
+    results = by_split[split]
 
-    split, dataset = sweep_split(exp), eval_dataset(exp)
     batch = grid_batch(exp, args.data, seed=args.seed)
     rows = temperature_grid(model, batch, temps, task, args.seed)
     columns = ["input", *[f"T={t:g}" for t in temps], "truth"]
@@ -66,11 +80,19 @@ def run(args: argparse.Namespace) -> int:
         figures.metric_vs_temperature(results, keys, figs / f"{exp.name}_temperature_metrics.png", title=exp.name),
     ]
     payload = {"experiment": exp.name, "paper": exp.paper, "task": exp.task, "profile": params.profile,
-               "mlflow_run_id": run_id, "split": split, "dataset": dataset,
+               "mlflow_run_id": run_id, "split": split, "dataset": splits[split]["dataset"],
                "n_samples": exp.sweep.n_samples or exp.eval.n_samples, "temperatures": temps,
-               "results": {f"{t:g}": {k: v for k, v in s.items() if not isinstance(v, (list, dict))}
-                           for t, s in results.items()},
+               "results": {f"{t:g}": _scalars(s) for t, s in results.items()},
+               "test_splits": {name: {"dataset": splits[name]["dataset"], "split": splits[name].get("split", "test"),
+                                      "results": {f"{t:g}": _scalars(s) for t, s in by_split[name].items()}}
+                               for name in splits if name != split},
                "figures": [str(p) for p in paths], "grid_keys": list(batch.get("key", []))[:GRID_INPUTS]}
+    if entry is not None and entry.select is not None:
+        chosen = select_temperature(results, entry.select)
+        payload["selection"] = {"metric": entry.select, "temperature": chosen, "split": split,
+                                "dataset": splits[split]["dataset"], "value": results[chosen].get(entry.select),
+                                "rule": f"the temperature of {temps} with the best {entry.select} on {split} "
+                                        "(ties: the lowest)"}
     if run_id:
         from pipelines import tracking
 
@@ -80,6 +102,12 @@ def run(args: argparse.Namespace) -> int:
         for t, s in results.items():
             tracking.log_metrics(run_id, {f"sweep.{k}": v for k, v in finite_scalars(s).items()}
                                  | {"sweep.temperature": t}, step=int(round(100 * t)))
+        for name in payload["test_splits"]:
+            for t, s in by_split[name].items():
+                tracking.log_metrics(run_id, {f"sweep.{name}.{k}": v for k, v in finite_scalars(s).items()},
+                                     step=int(round(100 * t)))
+        if "selection" in payload:
+            tracking.log_metrics(run_id, {"sweep.selected_temperature": payload["selection"]["temperature"]})
         for p in paths:
             tracking.log_artifact(run_id, p, "figures")
         tracking.finish_run(run_id)
@@ -87,5 +115,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: no mlflow_run_id for {exp.name}; sweep not tracked", file=sys.stderr)
     write_json(out_path, payload)
     print(json.dumps({"experiment": exp.name, "temperatures": temps,
-                      **{k: [results[t].get(k) for t in temps] for k in keys}}))
+                      **{k: [results[t].get(k) for t in temps] for k in keys},
+                      **({"selected_temperature": payload["selection"]["temperature"]} if "selection" in payload
+                         else {})}))
     return 0

@@ -4,11 +4,11 @@ One module per task owns how a shard sample becomes ``Sample(y, x, mask, extras)
 protocol and how ``y`` is drawn (docs/architecture.md, "Adding a task"):
   - ``sr``      Winkler et al. 2019: x = bicubic LR image, y = HR image8 (PSNR/SSIM on Y).
   - ``vessel``  Winkler et al. 2019: x = fundus RGB, y = binary vessel map, mask = FOV (DRIVE; F-score).
-  - ``horses``  Lu & Huang 2020: x = RGB, y = binary figure/ground (Weizmann horses; IoU).
+  - ``horses``  Lu & Huang 2020: x = RGB, y = binary figure/ground tiled to 3 channels (Weizmann horses; IoU).
   - ``parts``   Lu & Huang 2020: x = RGB, y = categorical {background, face, hair} (LFW; super-pixel accuracy).
   - ``denoise`` Lu & Huang 2020: x = y + Gaussian noise, y = clean image, continuous in [0, 1] (PSNR).
-  - ``depth``   Lu & Huang 2020: x = Kinect-noised depth / 8 m, y = depth in metres, mask = valid (PSNR).
-  - ``inpaint`` Lu & Huang 2020: x = y with its central block zeroed, y = image8, mask = the block (PSNR).
+  - ``depth``   Lu & Huang 2020: x = raw Kinect depth / 8 m, y = refined (fused) depth in metres, mask = valid.
+  - ``inpaint`` Lu & Huang 2020: x = the image with its central block zeroed, y = that block (image8; PSNR).
 """
 from __future__ import annotations
 

@@ -6,14 +6,18 @@ draws ``y`` for sample grids. ``Task.prepare`` runs the steps every task shares,
 the task's hooks where tasks differ:
 
 1. ``read``: target, stored input, mask and extra members of the decoded sample (data space, HWC);
-2. ``resize`` to ``size`` (argument, else the task's default), when set;
+2. ``resize`` to ``size`` (argument, else the task's default), when set (depth crops instead, drawing from
+   ``rng``: resizing a frame would blend its invalid zeros into ``y``);
 3. the joint affine warp (DRIVE augmentation) when training with ``augment`` (default: the task's ``augment``),
    straight into the ``patch`` when ``x`` shares ``y``'s grid;
 4. an aligned random ``patch`` when training (the window is drawn on ``x``'s grid, ``y``'s / ``input_scale``);
 5. ``derive_input``: inputs made from ``y`` (noise, holes), seeded by (key, seed, epoch);
-6. zero padding to ``pad_multiple`` (``x``) and ``pad_multiple * input_scale`` (``y``, mask, extras), HWC -> CHW.
+6. ``select_target``: the part of ``y`` the model predicts (inpainting: the hidden block; else all of it);
+7. zero padding to ``pad_multiple`` (``x``) and ``pad_multiple * input_scale`` (``y``, mask, extras), HWC -> CHW.
+   The extra ``unpadded`` (1, H, W) marks ``y``'s own pixels (1) against the padding (0): bits/dim counts only
+   those (``pipelines.evaluation.split``), and no score reads the padding.
 
-Steps 3 and 4 draw from the one generator ``rng`` in that order; step 5 draws from a fresh
+Steps 2 (depth), 3 and 4 draw from the one generator ``rng`` in that order; step 5 draws from a fresh
 ``key_rng(key, seed, epoch)``, so the noise of a sample does not depend on its crop.
 """
 from __future__ import annotations
@@ -30,6 +34,8 @@ from pipelines.data.imaging import hwc, imresize, pad_to_multiple, resize_neares
 from pipelines.data.shards import ShardError
 
 TARGETS = ("image8", "binary", "categorical", "continuous")
+#: The extra every prepared sample carries: 1 on ``y``'s own pixels, 0 on the padding (step 7).
+UNPADDED = "unpadded"
 
 
 @dataclass
@@ -220,7 +226,7 @@ class Task:
         y, x, mask, extras = self.read(decoded, key)
         size = size or self.size
         if size:
-            y, x, mask, extras = self.resize(y, x, mask, extras, size)
+            y, x, mask, extras = self.resize(y, x, mask, extras, size, rng=rng)
         scale = self.input_scale
         augmenting = train and (augment if augment is not None else self.augment)
         if augmenting:
@@ -237,6 +243,8 @@ class Task:
         if train and patch and not (augmenting and scale == 1):
             y, x, mask, extras = random_patch(y, x, mask, extras, patch, scale, rng)
         x, mask = self.derive_input(y, x, mask, key=key, seed=seed, epoch=epoch)
+        y, mask = self.select_target(y, mask)
+        extras = {**extras, UNPADDED: np.ones(y.shape[:2] + (1,), np.float32)}
         # Zero padding for the squeeze layers (Winkler et al. 2019, App. A: DRIVE), done in the HWC -> CHW copy.
         lr_multiple = pad_multiple if pad_multiple and pad_multiple > 1 else 1
         hr_multiple = lr_multiple * scale
@@ -262,8 +270,10 @@ class Task:
                   for name, member in self.extra_members.items() if member in decoded}
         return y, x, mask, extras
 
-    def resize(self, y, x, mask, extras, size: int):
-        """Square ``size`` x ``size``: MATLAB bicubic for images (8-bit targets rounded), nearest for labels."""
+    def resize(self, y, x, mask, extras, size: int, *, rng: np.random.Generator):
+        """Square ``size`` x ``size``: MATLAB bicubic for images (8-bit targets rounded), nearest for labels.
+
+        ``rng`` is the sample's generator, for tasks that crop rather than resize (depth)."""
         shape = (size, size)
         y = hwc(resize_nearest(y, shape) if self.discrete else imresize(y, output_shape=shape))
         y = y.astype(np.float32)
@@ -280,6 +290,10 @@ class Task:
         if x is None:
             raise ShardError(f"{key}: task {self.name!r} needs input.png in the sample")
         return x, mask
+
+    def select_target(self, y, mask):
+        """``(y, mask)`` the model predicts and is scored on, after ``derive_input``: all of ``y`` by default."""
+        return y, mask
 
     # ---------------------------------------------------------------------------------- scoring, display
     def scorer(self) -> Scorer:

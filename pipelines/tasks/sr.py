@@ -66,7 +66,7 @@ class SuperResolution(Task):
     def input_scale(self) -> int:
         return self.scale
 
-    def resize(self, y, x, mask, extras, size: int):
+    def resize(self, y, x, mask, extras, size: int, *, rng: np.random.Generator):
         """HR resized to ``size`` (bicubic, 8-bit), then its LR input made again: x = bicubic_lr(HR)."""
         hr = imresize(np.clip(y, 0, 255).astype(np.uint8), output_shape=(size, size))
         y = hwc(hr.astype(np.float32))

@@ -51,3 +51,27 @@ def test_rerun_is_a_no_op(tmp_path):
     before = {p.name: p.stat().st_mtime_ns for p in dest.iterdir()}
     fetch.fetch("drive", "demo", str(dest))
     assert {p.name: p.stat().st_mtime_ns for p in dest.iterdir()} == before
+
+
+@pytest.mark.parametrize("size", [None, 16, 64])
+def test_demo_depth_input_scores_below_the_papers_weakest_baseline(size):
+    """The noisy input alone, scored as a prediction with the task's protocol, is worse than BM3D's 35.46 dB
+    (c-Glow Table 4): the demo's input is a Kinect-like measurement with holes, not the target plus a whisper."""
+    from pipelines.data.augment import key_rng
+    from pipelines.reporting.reported import reported_value
+    from pipelines.tasks import get_task
+    from pipelines.tasks.depth import DEPTH_MAX_M
+
+    task = get_task("depth")
+    built = demo.build("sevenscenes")
+    for split, samples in built.items():
+        scorer = task.scorer()
+        for s in samples:
+            decoded = {k: v for k, v in s.items() if k != "__key__"}
+            assert decoded["meta.json"]["target"] == "temporal fusion"
+            raw, valid = decoded["input.npy"], decoded["mask.png"] > 0
+            assert ((raw == 0) & valid).any() and (raw > 0).mean() > 0.6  # holes, but mostly measured
+            sample = task.prepare(decoded, key=s["__key__"], train=False, rng=key_rng(s["__key__"]), size=size)
+            scorer.add_prediction(s["__key__"], sample.x * DEPTH_MAX_M, sample.y, sample.mask[0] > 0.5)
+        psnr = scorer.summary()["psnr"]
+        assert 10.0 < psnr < reported_value("cglow_table4", "psnr", method="BM3D") == 35.46, (split, size, psnr)

@@ -133,3 +133,97 @@ def test_cnf_evaluate_drive_writes_json_and_tracks(data_root, tmp_path, monkeypa
     assert cli.main(args[:-4] + ["--out", str(tmp_path / "again.json"), "--train-metrics", str(tmp_path / "no.json")]) == 0
     again = json.loads((tmp_path / "again.json").read_text())["splits"]["test"]
     assert again["f1"] == test["f1"] and again["bpd"] == test["bpd"]
+
+
+# ------------------------------------------------------------------------------ bits/dim over real pixels only
+
+
+@pytest.fixture(scope="module")
+def set5_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sr")
+    fetch_demo("set5", root)
+    return root
+
+
+def _sr_model(batch):
+    from flowlib.models import build_model
+
+    torch.manual_seed(0)  # the factorized logistic baseline: an exact, deterministic likelihood
+    return build_model("factorized", "image8", tuple(batch["y"].shape[1:]), tuple(batch["x"].shape[1:]),
+                       encoder_options={"blocks": 1, "growth": 8})
+
+
+def test_bits_per_dim_of_a_padded_image_equals_the_unpadded_one(set5_root):
+    from pipelines.data.loader import make_loader
+
+    def batches(multiple):
+        return list(make_loader(str(set5_root / "set5"), "test", "sr", 1, train=False, pad_multiple=multiple))
+
+    plain, padded = batches(1), batches(32)  # 48x48 HR (24x24 LR) -> 64x64 (32x32) with zeros
+    assert plain[0]["y"].shape[-2:] == (48, 48) and padded[0]["y"].shape[-2:] == (64, 64)
+    model = _sr_model(plain[0])
+    a = evaluate_split(model, plain, get_task("sr"), n_samples=1, temperature=0.0)
+    b = evaluate_split(model, padded, get_task("sr"), n_samples=1, temperature=0.0)
+    assert b["bpd"] == pytest.approx(a["bpd"], abs=1e-6)
+
+
+def test_likelihood_is_cut_to_the_flows_multiple_and_d_counts_those_pixels():
+    from flowlib.models import build_model
+    from pipelines.evaluation.split import real_likelihood
+
+    torch.manual_seed(0)
+    model = build_model("cnf", "continuous", (1, 16, 16), (1, 16, 16), levels=2, steps=1, hidden=8,
+                        encoder="none")
+    y, x = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    unpadded = torch.zeros(2, 1, 16, 16)
+    unpadded[0, :, :13, :10] = 1.0  # 13x10 real pixels -> 12x8 for a 2-level flow (multiple 4)
+    unpadded[1] = 1.0  # a 16x16 image: all of it
+    ll, dims = real_likelihood(model, {"y": y, "x": x, "unpadded": unpadded}, get_task("denoise"))
+    assert dims == [12 * 8, 16 * 16]
+    with torch.no_grad():
+        assert ll[0] == pytest.approx(float(model.log_likelihood(y[:1, :, :12, :8], x[:1, :, :12, :8])[0]), rel=1e-5)
+        assert ll[1] == pytest.approx(float(model.log_likelihood(y[1:], x[1:])[0]), rel=1e-5)
+
+
+def test_bpd_over_random_crops_winkler_table2(set5_root):
+    from pipelines.data.loader import make_loader
+    from pipelines.evaluation.split import CropProtocol, crop_windows
+
+    batches = list(make_loader(str(set5_root / "set5"), "test", "sr", 1, train=False, pad_multiple=4))
+    model = _sr_model(batches[0])
+    protocol = CropProtocol(count=7, size=16)
+    assert [protocol.crops_of(i, 5) for i in range(5)] == [2, 2, 1, 1, 1]
+    out = evaluate_split(model, batches, get_task("sr"), n_samples=1, temperature=0.0, bpd_crops=protocol,
+                         total=5, seed=3)
+    assert out["bpd_crops"] == 7 and out["bpd_protocol"].startswith("7 random 16x16 crops")
+    total = 0.0
+    with torch.no_grad():
+        for i, b in enumerate(batches):
+            for top, left in crop_windows(b["key"][0], (48, 48), protocol.crops_of(i, 5), 16, 2, seed=3):
+                assert top % 2 == 0 and left % 2 == 0 and top + 16 <= 48 and left + 16 <= 48
+                total += float(model.log_likelihood(b["y"][..., top:top + 16, left:left + 16],
+                                                    b["x"][..., top // 2:top // 2 + 8, left // 2:left // 2 + 8])[0])
+    assert out["bpd"] == pytest.approx(-total / (7 * 3 * 16 * 16 * np.log(2)), rel=1e-6)
+    again = evaluate_split(model, batches, get_task("sr"), n_samples=1, temperature=0.0, bpd_crops=protocol,
+                           total=5, seed=3)
+    assert again["bpd"] == out["bpd"]  # seeded crops
+    # Images smaller than the crop are used whole: the 48x48 demo benchmarks under 128x128 crops.
+    whole = evaluate_split(model, batches, get_task("sr"), n_samples=1, temperature=0.0,
+                           bpd_crops=CropProtocol(count=1000, size=128), total=5)
+    plain = evaluate_split(model, batches, get_task("sr"), n_samples=1, temperature=0.0)
+    assert whole["bpd"] == pytest.approx(plain["bpd"], rel=1e-9) and whole["bpd_crops"] == 1000
+    assert "5 of 5 images smaller than 128 px used whole" in whole["bpd_protocol"]
+
+
+def test_extra_split_bpd_crops_are_validated():
+    from pipelines.evaluation.experiment import eval_splits
+    from pipelines.params import parse_params
+
+    raw = {"profile": "demo", "datasets": {"imagenet64": {"source": "demo"}, "set5": {"source": "demo"}},
+           "experiments": {"sr": {"paper": "winkler2019", "task": "sr", "data": {"dataset": "imagenet64"},
+                                  "model": {"family": "factorized"},
+                                  "eval": {"extra_splits": {"set5": {"dataset": "set5",
+                                                                     "bpd_crops": {"count": 10, "sizes": 3}}}}}}}
+    exp = parse_params(raw).experiment("sr")
+    with pytest.raises(ValueError, match=r"experiments.sr.eval.extra_splits.set5.bpd_crops: expected"):
+        eval_splits(exp)

@@ -192,27 +192,6 @@ def test_lfw_parts_reader_maps_colours_to_classes(tmp_path):
         list(readers.read_lfw_parts(tmp_path, get_dataset("lfw_parts"))["test"])
 
 
-def test_sevenscenes_and_celeba_readers(tmp_path):
-    from pipelines.data.datasets import get_dataset, readers
-
-    for scene in ("chess", "fire"):
-        depth = np.full((6, 8), 1500, np.uint16)
-        depth[0, 0] = 65535
-        _save(tmp_path / "7s" / scene / "seq-01" / "frame-000000.depth.png", depth)
-    splits = readers.read_sevenscenes(tmp_path / "7s", get_dataset("sevenscenes"))
-    (train,), (test,) = list(splits["train"]), list(splits["test"])
-    assert train["__key__"] == "chess_seq-01_frame-000000" and test["__key__"].startswith("fire_")
-    assert train["target.npy"].dtype == np.float32 and train["target.npy"][1, 1] == pytest.approx(1.5)
-    assert train["mask.png"][0, 0] == 0 and train["target.npy"][0, 0] == 0
-    for i in (1, 2):
-        _save(tmp_path / "celeba" / "img_align_celeba" / f"{i:06d}.jpg", np.zeros((218, 178, 3), np.uint8))
-    (tmp_path / "celeba" / "list_eval_partition.txt").write_text("000001.jpg 0\n000002.jpg 2\n000003.jpg 2\n")
-    splits = readers.read_celeba(tmp_path / "celeba", get_dataset("celeba"))
-    assert [s["__key__"] for s in splits["train"]] == ["000001"]
-    with pytest.raises(readers.ReaderError, match="000003.jpg: listed in list_eval_partition.txt but missing"):
-        list(splits["test"])
-
-
 def test_interrupted_fetch_keeps_the_old_dataset(tmp_path):
     import signal
     import subprocess

@@ -290,3 +290,80 @@ def test_celeba_subset_samples_and_the_official_reader(unpacked, tmp_path):
     # The official entry needs list_eval_partition.txt and says which entry reads this subset.
     with pytest.raises(readers.ReaderError, match="fetched as dataset 'celeba_subset'"):
         readers.read_celeba(root, DATASETS["celeba"])
+
+
+# ------------------------------------------------------------------------------- 7-Scenes and CelebA (synthetic)
+def _save_png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _sevenscenes_release(root: Path, frames: dict[str, int], shape=(12, 16)) -> None:
+    """A 7-Scenes-shaped release: ``<scene>/seq-01/frame-NNNNNN.{depth.png,pose.txt}``, a noisy wall 1.5 m away
+    seen by a camera sliding 1 mm per frame (uint16 millimetres, 65535 = invalid)."""
+    rng = np.random.default_rng(0)
+    for scene, count in frames.items():
+        for i in range(count):
+            depth = np.clip(1500 + rng.normal(0, 20, shape), 1, 65534).astype(np.uint16)
+            depth[0, 0] = 65535
+            _save_png(root / scene / "seq-01" / f"frame-{i:06d}.depth.png", depth)
+            pose = np.eye(4)
+            pose[0, 3] = 0.001 * i
+            np.savetxt(root / scene / "seq-01" / f"frame-{i:06d}.pose.txt", pose)
+
+
+def test_sevenscenes_input_is_raw_kinect_depth_and_target_its_temporal_fusion(tmp_path, monkeypatch):
+    monkeypatch.setattr(readers, "SEVENSCENES_TEST_COUNT", 3)
+    _sevenscenes_release(tmp_path, {"chess": 9, "fire": 4, "heads": 2})
+    listing = readers.sevenscenes_files(tmp_path)
+    assert [p.parent.parent.name for p in listing["train"]] == ["chess"] * 9
+    assert len(listing["test"]) == 3 and all(p.parent.parent.name != "chess" for p in listing["test"])
+    assert listing["test"] == readers.sevenscenes_files(tmp_path)["test"]  # a fixed, seeded choice
+    splits = readers.read_sevenscenes(tmp_path, DATASETS["sevenscenes"])
+    train = list(splits["train"])
+    assert [s["__key__"] for s in train][:2] == ["chess_seq-01_frame-000000", "chess_seq-01_frame-000001"]
+    centre = train[4]
+    raw = np.asarray(Image.open(tmp_path / "chess/seq-01/frame-000004.depth.png")).astype(np.float64)
+    np.testing.assert_allclose(centre["input.npy"][1:, 1:], raw[1:, 1:] / 1000.0, rtol=1e-6)  # as recorded
+    assert centre["input.npy"][0, 0] == 0.0  # 65535: invalid
+    assert centre["meta.json"]["fused_frames"] == list(range(9)) and centre["meta.json"]["target"] == "temporal fusion"
+    valid = centre["mask.png"] > 0
+    assert valid.mean() > 0.8 and set(np.unique(centre["mask.png"])) <= {0, 1}
+    err_raw = np.abs(centre["input.npy"][valid] - 1.5).mean()
+    err_target = np.abs(centre["target.npy"][valid] - 1.5).mean()
+    assert err_target < 0.6 * err_raw  # nine frames of 2 cm noise: the fused wall is about 3x closer to 1.5 m
+    assert train[0]["meta.json"]["fused_frames"] == [0, 1, 2, 3, 4]  # the sequence's first frame: one side only
+    assert len(list(splits["test"])) == 3
+
+
+def test_sevenscenes_errors_name_the_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(readers, "SEVENSCENES_TEST_COUNT", 3)
+    _sevenscenes_release(tmp_path, {"chess": 3, "fire": 3})
+    (tmp_path / "chess/seq-01/frame-000001.pose.txt").unlink()
+    with pytest.raises(readers.ReaderError, match="frame-000001.pose.txt: missing"):
+        list(readers.read_sevenscenes(tmp_path, DATASETS["sevenscenes"])["train"])
+    monkeypatch.setattr(readers, "SEVENSCENES_TEST_COUNT", 5500)
+    with pytest.raises(readers.ReaderError, match="3 frames outside chess/, fewer than the 5500"):
+        readers.sevenscenes_files(tmp_path)
+    assert DATASETS["sevenscenes"].splits["test"] == 5500
+
+
+def test_celeba_tests_on_a_seeded_choice_from_the_official_test_partition(tmp_path, monkeypatch):
+    monkeypatch.setattr(readers, "CELEBA_TEST_COUNT", 3)
+    for i in range(1, 9):
+        _save_png(tmp_path / "img_align_celeba" / f"{i:06d}.jpg", np.full((218, 178, 3), i, np.uint8))
+    partition = ["000001.jpg 0", "000002.jpg 1"] + [f"{i:06d}.jpg 2" for i in range(3, 9)]
+    (tmp_path / "list_eval_partition.txt").write_text("\n".join(partition) + "\n")
+    splits = readers.read_celeba(tmp_path, DATASETS["celeba"])
+    assert [s["__key__"] for s in splits["train"]] == ["000001"]
+    test = [s["__key__"] for s in splits["test"]]
+    assert len(test) == 3 and test == sorted(test) and set(test) <= {f"{i:06d}" for i in range(3, 9)}
+    assert [s["__key__"] for s in readers.read_celeba(tmp_path, DATASETS["celeba"])["test"]] == test
+    assert DATASETS["celeba"].splits["test"] == 2000 and DATASETS["celeba_subset"].splits["test"] == 1000
+    monkeypatch.setattr(readers, "CELEBA_TEST_COUNT", 2000)
+    with pytest.raises(readers.ReaderError, match="6 test images .* fewer than the 2000"):
+        readers.read_celeba(tmp_path, DATASETS["celeba"])
+    monkeypatch.setattr(readers, "CELEBA_TEST_COUNT", 6)
+    (tmp_path / "img_align_celeba" / "000004.jpg").unlink()
+    with pytest.raises(readers.ReaderError, match="000004.jpg: listed in list_eval_partition.txt but missing"):
+        list(readers.read_celeba(tmp_path, DATASETS["celeba"])["test"])

@@ -75,3 +75,81 @@ def test_cnf_sweep_writes_metrics_per_temperature_and_figures(drive, tmp_path):
     assert {p.rsplit("/", 1)[-1] for p in result["figures"]} == {"drive_factored_temperature_grid.png",
                                                                   "drive_factored_temperature_metrics.png"}
     assert all((tmp_path / "figs" / p.rsplit("/", 1)[-1]).stat().st_size > 0 for p in result["figures"])
+
+
+def test_select_temperature_takes_the_best_and_ties_go_low():
+    from pipelines.evaluation.sweep import select_temperature
+
+    results = {0.0: {"psnr": 20.0, "bpd": 3.0}, 0.5: {"psnr": 22.0, "bpd": 2.5}, 0.8: {"psnr": 22.0, "bpd": 2.0},
+               1.0: {"psnr": float("inf"), "bpd": 2.0}}
+    assert select_temperature(results, "psnr") == 0.5  # inf is no score; 0.5 and 0.8 tie
+    assert select_temperature(results, "bpd") == 0.8  # lower is better for bits/dim
+    with pytest.raises(ValueError, match="no temperature has a finite 'f1'.*'bpd', 'psnr'"):
+        select_temperature(results, "f1")
+
+
+@pytest.fixture(scope="module")
+def sr_data(tmp_path_factory):
+    from pipelines.stages import fetch
+
+    root = tmp_path_factory.mktemp("srdata")
+    for name in ("imagenet64", "set5"):
+        fetch.fetch(name, "demo", str(root / name))
+    return root
+
+
+def test_sweep_chooses_the_temperature_on_validation_and_evaluate_uses_it(sr_data, tmp_path):
+    """Winkler Table 2: the temperature is chosen on ImageNet64's validation split, then the test sets are
+    sampled at it; the sweep also scores the test sets at every temperature, and agrees with the evaluation."""
+    from flowlib.checkpoint import save_checkpoint
+    from flowlib.models import build_model
+    from pipelines.data.loader import make_loader
+
+    exp = {"paper": "winkler2019", "table": ["winkler_table1", "winkler_table2"], "task": "sr",
+           "data": {"dataset": "imagenet64", "eval_split": "valid", "size": 32, "pad_multiple": 4},
+           "model": {"family": "factorized", "encoder_options": {"blocks": 1, "growth": 8}},
+           "eval": {"n_samples": 2, "batch_size": 4, "temperature": 1.0,
+                    "extra_splits": {"set5": {"dataset": "set5", "split": "test",
+                                              "bpd_crops": {"count": 10, "size": 16}}}},
+           "sweep": {"temperatures": [0.0, 0.7, 1.0]}}
+    params = {"profile": "demo", "datasets": {"imagenet64": {"source": "demo"}, "set5": {"source": "demo"}},
+              "experiments": {"sr_f": exp}, "sweeps": {"sr_f": {"dataset": "imagenet64", "select": "psnr"}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    b = next(iter(make_loader(str(sr_data / "imagenet64"), "valid", "sr", 2, train=False, size=32)))
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "model.pt", build_model("factorized", "image8", tuple(b["y"].shape[1:]),
+                                                       tuple(b["x"].shape[1:]), encoder_options={"blocks": 1,
+                                                                                                 "growth": 8}))
+    common = ["--params", str(tmp_path / "params.yaml"), "--model", str(tmp_path / "model.pt"), "--data",
+              str(sr_data), "--train-metrics", str(tmp_path / "none.json")]
+    evaluate = ["evaluate", "sr_f", *common, "--out", str(tmp_path / "eval.json"), "--sweeps", str(tmp_path / "sw")]
+    with pytest.raises(FileNotFoundError, match=r"sr_f.json: missing; sweeps.sr_f.select asks for the temperature"):
+        cli.main(evaluate)
+    assert cli.main(["sweep", "sr_f", *common, "--out", str(tmp_path / "sw" / "sr_f.json"), "--figures",
+                     str(tmp_path / "figs")]) == 0
+    sweep = json.loads((tmp_path / "sw" / "sr_f.json").read_text())
+    chosen = sweep["selection"]
+    assert chosen["metric"] == "psnr" and chosen["split"] == "valid" and chosen["dataset"] == "imagenet64"
+    best = max(sweep["results"].values(), key=lambda m: m["psnr"])["psnr"]
+    assert sweep["results"][f"{chosen['temperature']:g}"]["psnr"] == best == chosen["value"]
+    set5 = sweep["test_splits"]["set5"]
+    assert set5["dataset"] == "set5" and set(set5["results"]) == {"0", "0.7", "1"}
+    assert all(m["n"] == 5 and m["psnr"] > 0 for m in set5["results"].values())
+
+    assert cli.main(evaluate) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["temperature"] == chosen["temperature"]
+    assert result["temperature_selection"]["source"].endswith("sr_f.json")
+    assert result["splits"]["set5"]["psnr"] == pytest.approx(set5["results"][f"{chosen['temperature']:g}"]["psnr"])
+    assert result["splits"]["set5"]["bpd_crops"] == 10
+
+
+def test_a_sweep_entry_names_its_bad_keys():
+    from pipelines.evaluation.sweep import sweep_entry
+
+    assert sweep_entry({"sweeps": {"a": {"dataset": "drive"}}}, "a").select is None
+    assert sweep_entry({"sweeps": {}}, "a") is None
+    with pytest.raises(ValueError, match=r"sweeps.a: expected \{dataset: <name>\[, select: <metric>\]\}"):
+        sweep_entry({"sweeps": {"a": "drive"}}, "a")
+    with pytest.raises(ValueError, match=r"sweeps.a.select: expected a metric name"):
+        sweep_entry({"sweeps": {"a": {"dataset": "drive", "select": 3}}}, "a")

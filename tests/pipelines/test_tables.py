@@ -21,7 +21,8 @@ EXPERIMENTS = {
     "sr_imagenet64_cnf": ("winkler2019", ["winkler_table1", "winkler_table2"], "sr", "cnf", None, "imagenet64", 32,
                           {"bpd": 4.1, "psnr": 25.0, "ssim": 0.7},
                           {"set5": {"dataset": "set5", "bpd": 4.5, "psnr": 26.0, "ssim": 0.71}}),
-    "horses64_cglow": ("lu2020", ["cglow_table1"], "horses", "cglow", None, "horses", 24, {"iou": 0.5, "bpd": 0.9}, {}),
+    "horses64_cglow": ("lu2020", ["cglow_table1"], "horses", "cglow", None, "horses", 24,
+                       {"iou": 0.5, "iou_fg": 0.4, "bpd": 0.9}, {}),
     "denoise_cglow": ("lu2020", ["cglow_table3"], "denoise", "cglow", None, "bsds500", 16, {"psnr": 20.5}, {}),
 }
 
@@ -44,7 +45,11 @@ def store(tmp_path, monkeypatch):
             splits[split_name] = {"split": "test", "n": 5, **values}
         payload = {"experiment": name, "paper": paper, "tables": tbls, "task": task, "profile": "demo",
                    "mlflow_run_id": run_id, "model": {"family": family, "dequantization": deq},
-                   "data": {"dataset": dataset, "size": size}, "primary": "test", "splits": splits}
+                   "data": {"dataset": dataset, "size": size}, "primary": "test", "splits": splits,
+                   "temperature": 1.0, "temperature_selection": None}
+        if task == "sr":
+            payload.update(temperature=0.5, temperature_selection={
+                "metric": "psnr", "temperature": 0.5, "split": "valid", "dataset": "imagenet64"})
         (metrics / "eval").mkdir(parents=True, exist_ok=True)
         (metrics / "eval" / f"{name}.json").write_text(json.dumps(payload))
     # A score row that needs no training: the DRIVE second observer, tracked in its own run.
@@ -125,3 +130,67 @@ def test_reported_numbers_match_paper_transcription():
     assert reported.reported_value("winkler_table2", "psnr", dataset="Set5", method="Bicubic") == 33.7
     assert reported.reported_value("cglow_table4", "psnr", method="c-Glow") == 36.53
     assert math.isclose(reported.reported_value("winkler_table1", "bpd", dataset="ImageNet64", method="CNF"), 2.90)
+
+
+def test_table2_prints_the_chosen_temperature_and_table1_both_ious(store):
+    root, _ = store
+    frames = tables.build_all(root / "metrics", root / "tables", None, profile="demo", check_runs=False)
+    t2 = frames["winkler_table2"]
+    ours = t2[t2["source"].str.startswith("computed")].iloc[0]
+    assert "temperature" in t2.columns and ours["temperature"] == 0.5
+    assert "chosen by psnr on imagenet64 valid" in ours["notes"]
+    assert t2[t2["source"].str.startswith("reported")]["temperature"].isna().all()  # the paper does not say
+    t1 = frames["cglow_table1"]
+    ours = t1[t1["source"].str.startswith("computed")].iloc[0]
+    assert ours["iou"] == 0.5 and ours["iou_fg"] == 0.4
+    md = (root / "tables" / "winkler_table2.md").read_text()
+    header = md.split("\n")[2]
+    assert header.startswith("| dataset") and "temperature" in header  # printed in the table itself
+
+
+def test_every_choice_is_in_its_tables_notes_and_the_readme(store):
+    root, _ = store
+    tables.build_all(root / "metrics", root / "tables", None, profile="demo", check_runs=False)
+    readme = (root / "tables" / "README.md").read_text()
+    assert "## Choices where the papers are silent" in readme
+    for name, spec in reported.TABLES.items():
+        md = (root / "tables" / f"{name}.md").read_text()
+        for choice in spec.get("choices", []):
+            assert choice in md and f"**{name}**: {choice}" in readme
+    for name in ("winkler_table2", "winkler_table3", "cglow_table1", "cglow_table3", "cglow_table4",
+                 "cglow_table5"):
+        assert reported.TABLES[name]["choices"], name  # the tables whose protocol the papers leave open
+    assert "sigma = 25" in (root / "tables" / "cglow_table3.md").read_text()
+    assert "hidden block" in (root / "tables" / "cglow_table5.md").read_text()
+
+
+def test_an_unknown_table_name_is_refused_naming_it(store, tmp_path):
+    root, _ = store
+    with pytest.raises(ValueError, match=r"experiments.drive_cnf.table: unknown table 'winkler_table4'; known"):
+        reported.table_names(["winkler_table3", "winkler_table4"], "experiments.drive_cnf.table")
+    assert reported.table_names("winkler_table3", "x") == ("winkler_table3",)
+    bad = json.loads((root / "metrics" / "eval" / "drive_cnf.json").read_text())
+    bad["tables"] = ["winkler_table3", "winkler_table4"]
+    (root / "metrics" / "eval" / "drive_cnf.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=r"drive_cnf.json: unknown table 'winkler_table4'"):
+        tables.build_all(root / "metrics", tmp_path / "t", None, profile="demo", check_runs=False)
+    import yaml
+
+    params = {"profile": "demo", "datasets": {"drive": {"source": "demo"}},
+              "experiments": {"drive_cnf": {"paper": "winkler2019", "table": ["winkler_table4"], "task": "vessel",
+                                            "data": {"dataset": "drive"}, "model": {"family": "factorized"}}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ValueError, match=r"experiments.drive_cnf.table: unknown table 'winkler_table4'"):
+        cli.main(["evaluate", "drive_cnf", "--params", str(tmp_path / "params.yaml"), "--model",
+                  str(tmp_path / "absent.pt")])  # refused before any model is loaded
+
+
+@pytest.mark.parametrize("profile", ["params.yaml", "params-paper.yaml"])
+def test_both_profiles_name_only_tables_that_exist(profile):
+    from pathlib import Path
+
+    from pipelines.params import load_params
+
+    params = load_params(Path(__file__).resolve().parents[2] / profile)
+    for name, exp in params.experiments.items():
+        assert reported.table_names(exp.table, f"{profile}: experiments.{name}.table")

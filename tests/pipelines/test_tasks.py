@@ -14,7 +14,8 @@ from pipelines.data.augment import key_rng
 from pipelines.tasks import TASKS, Sample, Task, get_task
 from pipelines.tasks.base import display_input
 from pipelines.tasks.denoise import add_gaussian_noise
-from pipelines.tasks.depth import DEPTH_MAX_M, kinect_depth_noise
+from pipelines.tasks.base import UNPADDED
+from pipelines.tasks.depth import DEPTH_MAX_M, DEPTH_PEAK_M
 from pipelines.tasks.inpaint import central_block_mask
 from pipelines.tasks.sr import sr_image_scores
 
@@ -48,6 +49,7 @@ def test_task_targets_and_defaults():
         "denoise": "continuous", "depth": "continuous", "inpaint": "image8"}
     assert get_task("parts").num_classes == 3 and get_task("sr").scale == 2
     assert get_task("denoise").noise_sigma == 25.0 and get_task("inpaint").block_fraction == 0.5
+    assert get_task("horses").tile == 3
     assert {n: t.size for n, t in TASKS.items() if t.size} == {"horses": 64, "parts": 64, "inpaint": 64}
     assert [n for n, t in TASKS.items() if t.augment] == ["vessel"]
     for task in TASKS.values():
@@ -81,6 +83,10 @@ def _decoded(task: Task, h: int = 20, w: int = 24) -> dict:
     decoded = {("target.npy" if target.dtype == np.float32 else "target.png"): target,
                "input.png": rng.integers(0, 256, (h // scale, w // scale, 3), dtype=np.uint8),
                "mask.png": np.pad(np.ones((h - 4, w - 4), np.uint8), 2)}
+    if task.name == "depth":  # the raw Kinect frame: the target with noise and a hole
+        raw = (target + rng.normal(0, 0.02, target.shape)).astype(np.float32)
+        raw[:3, :3] = 0.0
+        decoded["input.npy"] = raw
     for member in task.extra_members.values():
         decoded[member] = rng.integers(0, 30, (h, w), dtype=np.uint16)
     return decoded
@@ -98,12 +104,17 @@ def test_prepare_gives_padded_chw_samples_on_aligned_grids(name, train):
     s = task.input_scale
     side = 8 if train else 16
     padded = side + (-side) % (3 * s)
-    assert sample.y.shape[1:] == sample.mask.shape[1:] == (padded, padded) and sample.mask.shape[0] == 1
+    y_side = side // 2 if name == "inpaint" else side  # inpainting predicts the central block only
+    y_padded = y_side + (-y_side) % (3 * s)
+    assert sample.y.shape[1:] == sample.mask.shape[1:] == (y_padded, y_padded) and sample.mask.shape[0] == 1
     assert sample.x.shape[1:] == (padded // s, padded // s) and sample.x.shape[0] in (1, 3)
     assert sample.y.dtype == sample.x.dtype == sample.mask.dtype == np.float32
-    assert 0.0 <= sample.x.min() and sample.x.max() <= 1.0
-    assert set(sample.extras) == set(task.extra_members)
+    if name != "denoise":  # x = y + n is not clipped (DnCNN's protocol)
+        assert 0.0 <= sample.x.min() and sample.x.max() <= 1.0
+    assert set(sample.extras) == set(task.extra_members) | {UNPADDED}
     assert all(v.shape[1:] == sample.y.shape[1:] for v in sample.extras.values())
+    unpadded = sample.extras[UNPADDED][0]
+    assert unpadded[:y_side, :y_side].all() and unpadded.sum() == y_side * y_side  # only y's own pixels
     for a, b in [(sample.y, again.y), (sample.x, again.x), (sample.mask, again.mask)]:
         np.testing.assert_array_equal(a, b)  # (key, seed, epoch) decide every random draw
 
@@ -128,25 +139,141 @@ def test_sr_resize_makes_the_lr_input_again():
     np.testing.assert_array_equal(sample.x, bicubic_lr(hr, 2).transpose(2, 0, 1).astype(np.float32) / 255.0)
 
 
-def test_derived_inputs_denoise_depth_inpaint():
-    clean = np.full((64, 64, 3), 0.5, np.float32)
+def test_denoising_noise_is_seeded_and_not_clipped():
+    clean = np.full((64, 64, 3), 0.98, np.float32)
     a = add_gaussian_noise(clean, 25, key_rng("k1"))
     assert np.array_equal(a, add_gaussian_noise(clean, 25, key_rng("k1")))
     assert not np.array_equal(a, add_gaussian_noise(clean, 25, key_rng("k2")))
-    assert abs(float((a - clean).std()) - 25 / 255) < 0.01
+    assert abs(float((a - clean).std()) - 25 / 255) < 0.01  # clipping at 1 would shrink it to about 0.06
+    assert a.max() > 1.05 and abs(float(a.mean()) - 0.98) < 0.01
 
-    depth = np.full((32, 32, 1), 3.0, np.float32)
-    valid = np.ones_like(depth)
-    valid[:4] = 0
-    noisy = kinect_depth_noise(depth, valid, key_rng("d"))
-    assert np.all(noisy[:4] == 0) and abs(float((noisy[4:] - 3.0).std()) - (0.0012 + 0.0019 * 2.6**2)) < 5e-4
 
+def test_denoising_crops_the_centred_square_then_resizes():
+    """'Crop a region and resize': the aspect ratio is kept (a 20x30 image is not squeezed to 10x10)."""
+    from pipelines.data.imaging import imresize
+
+    task = get_task("denoise")
+    image = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    sample = task.prepare({"target.png": image}, key="k", train=False, rng=key_rng("k"), size=10)
+    expected = imresize(image[:, 5:25].astype(np.float32) / 255.0, output_shape=(10, 10))
+    np.testing.assert_allclose(sample.y, expected.transpose(2, 0, 1), atol=1e-6)
+    squeezed = imresize(image.astype(np.float32) / 255.0, output_shape=(10, 10))
+    assert np.abs(sample.y - squeezed.transpose(2, 0, 1)).max() > 0.05
+
+
+def test_inpainting_target_is_the_centre_block_and_x_hides_it():
     block = central_block_mask(64, 64, 0.5)
     assert block.sum() == 32 * 32 and block[32, 32] == 1 and block[0, 0] == 0
     task = get_task("inpaint")
-    sample = task.prepare(_decoded(task, 20, 30), key="k", train=False, rng=key_rng("k"), size=16)
-    np.testing.assert_array_equal(sample.mask[0], central_block_mask(16, 16, 0.5))  # the scored region
-    assert np.all(sample.x[:, 4:12, 4:12] == 0) and sample.x[:, :4].max() > 0
+    image = np.random.default_rng(2).integers(1, 256, (16, 16, 3), dtype=np.uint8)
+    sample = task.prepare({"target.png": image}, key="k", train=False, rng=key_rng("k"), size=16)
+    np.testing.assert_array_equal(sample.y, image[4:12, 4:12].transpose(2, 0, 1).astype(np.float32))
+    assert sample.mask.shape == (1, 8, 8) and sample.mask.all()  # all of y is the scored region
+    assert sample.x.shape == (3, 16, 16) and np.all(sample.x[:, 4:12, 4:12] == 0)
+    np.testing.assert_allclose(sample.x[:, :4], image[:4].transpose(2, 0, 1) / 255.0, atol=1e-6)
+    scorer = task.scorer()  # PSNR of the block: a perfect block scores inf whatever x shows
+    scorer.add_prediction("k", sample.y, sample.y, sample.mask[0] > 0.5)
+    assert scorer.summary()["psnr"] == np.inf
+
+
+def test_horses_target_is_the_mask_tiled_three_times():
+    task = get_task("horses")
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 6:10] = 1
+    sample = task.prepare({"target.png": mask, "input.png": np.zeros((16, 16, 3), np.uint8)}, key="k",
+                          train=False, rng=key_rng("k"), size=16)
+    assert sample.y.shape == (3, 16, 16)
+    for channel in sample.y:
+        np.testing.assert_array_equal(channel, mask)
+    assert task.with_options(tile=1).prepare({"target.png": mask, "input.png": np.zeros((16, 16, 3), np.uint8)},
+                                             key="k", train=False, rng=key_rng("k"), size=16).y.shape[0] == 1
+
+
+def test_horses_iou_is_the_class_mean_and_the_copies_collapse_by_their_mean():
+    target = np.zeros((3, 4, 4))
+    target[:, :2] = 1  # foreground: the top 8 pixels
+    soft = np.zeros((3, 4, 4))
+    soft[:, :1] = 1.0  # the top row sure in every copy
+    soft[:2, 1] = 0.8  # the second row in two copies of three: mean 0.53 > 1/2
+    soft[:, 2] = [[0.9], [0.3], [0.2]]  # the third row in one copy: mean 0.47, background
+    scorer = get_task("horses").scorer()
+    scorer.add_prediction("k", (soft > 0.5).astype(float), target, mean=soft)
+    out = scorer.summary()
+    assert out["iou_fg"] == pytest.approx(1.0) and out["iou"] == pytest.approx(1.0)
+    soft[:, 1] = 0.0  # now only the top row: foreground IoU 4/8, background IoU 8/12
+    scorer = get_task("horses").scorer()
+    scorer.add_prediction("k", soft, target, mean=soft)
+    out = scorer.summary()
+    assert out["iou_fg"] == pytest.approx(0.5) and out["iou"] == pytest.approx((0.5 + 8 / 12) / 2)
+    with pytest.raises(ValueError, match="channels of a tiled target differ"):
+        bad = target.copy()
+        bad[2] = 0
+        get_task("horses").scorer().add_prediction("k", soft, bad, mean=soft)
+
+
+def _depth_frame(h: int = 24, w: int = 32) -> dict:
+    rng = np.random.default_rng(5)
+    scene = np.linspace(1.0, 3.0, h * w, dtype=np.float32).reshape(h, w)
+    valid = np.ones((h, w), np.uint8)
+    valid[:, :6] = 0  # no refined depth on the left (the sensor still reads something there)
+    target = np.where(valid > 0, scene, 0.0).astype(np.float32)
+    raw = (scene + rng.normal(0, 0.05, scene.shape)).astype(np.float32)
+    raw[10:14, 10:14] = 0.0  # a sensor hole
+    return {"target.npy": target, "mask.png": valid, "input.npy": raw}
+
+
+def test_depth_input_is_the_raw_frame_and_y_the_refined_one():
+    task = get_task("depth")
+    frame = _depth_frame()
+    sample = task.prepare(frame, key="k", train=False, rng=key_rng("k"))  # no size: the whole frame
+    np.testing.assert_allclose(sample.x[0], frame["input.npy"] / DEPTH_MAX_M, atol=1e-7)
+    valid = frame["mask.png"] > 0
+    np.testing.assert_array_equal(sample.y[0][valid], frame["target.npy"][valid])
+    np.testing.assert_array_equal(sample.mask[0], frame["mask.png"])
+    assert (sample.y[0] > 0).all()  # invalid target pixels hold their nearest valid depth, never 0
+    np.testing.assert_array_equal(sample.y[0][:, :6], np.repeat(frame["target.npy"][:, 6:7], 6, axis=1))
+    from pipelines.data.shards import ShardError
+
+    with pytest.raises(ShardError, match="needs input.npy"):
+        task.prepare({k: v for k, v in frame.items() if k != "input.npy"}, key="k", train=False, rng=key_rng("k"))
+
+
+def test_depth_crops_windows_and_never_resizes():
+    """Every value of a crop is a value of the frame at the same offset: nothing is interpolated, so the invalid
+    zeros of a frame cannot bleed into y."""
+    task = get_task("depth")
+    frame = _depth_frame()
+    target, raw = frame["target.npy"], frame["input.npy"]
+    windows = set()
+    for epoch in range(6):
+        sample = task.prepare(frame, key="k", train=True, rng=key_rng("k", 0, epoch), epoch=epoch, size=16)
+        assert sample.y.shape == sample.x.shape == (1, 16, 16)
+        hits = [(t, l) for t in range(24 - 15) for l in range(32 - 15)
+                if np.allclose(raw[t:t + 16, l:l + 16] / DEPTH_MAX_M, sample.x[0], atol=1e-7)]
+        assert len(hits) == 1
+        top, left = hits[0]
+        window = target[top:top + 16, left:left + 16]
+        valid = frame["mask.png"][top:top + 16, left:left + 16] > 0
+        np.testing.assert_array_equal(sample.y[0][valid], window[valid])
+        assert sample.mask[0].mean() >= 0.9 or valid.mean() == max(  # the first window that is 90 % valid
+            frame["mask.png"][t:t + 16, l:l + 16].mean() for t in range(9) for l in range(17))
+        windows.add(hits[0])
+    assert len(windows) > 1  # a new random window each epoch
+    a = task.prepare(frame, key="k", train=False, rng=key_rng("k"), size=16)
+    b = task.prepare(frame, key="k", train=False, rng=key_rng("k"), size=16)
+    np.testing.assert_array_equal(a.x, b.x)  # one fixed window per test frame
+
+
+def test_depth_psnr_is_over_valid_target_pixels_with_a_4_m_peak():
+    target = np.full((1, 4, 4), 2.0)
+    prediction = target + 0.04
+    mask = np.ones((4, 4), bool)
+    mask[0] = False
+    prediction[0, 0] = 100.0  # outside the valid target pixels: not scored
+    scorer = get_task("depth").scorer()
+    scorer.add_prediction("k", prediction, target, mask)
+    assert DEPTH_PEAK_M == 4.0
+    assert scorer.summary()["psnr"] == pytest.approx(20 * np.log10(4.0 / 0.04))
 
 
 def test_a_new_task_is_one_class_and_a_registry_entry(tmp_path, monkeypatch):
@@ -190,8 +317,8 @@ def test_every_scorer_scores_a_perfect_prediction_perfectly(name):
     out = _perfect(task)
     assert out["n"] == 2 and out["keys"] == ["k0", "k1"] and out["bpd"] > 0
     assert all(metric in out for metric in task.summary_metrics)
-    perfect = {"psnr": np.inf, "ssim": 1.0, "f1": 1.0, "precision": 1.0, "recall": 1.0, "iou": 1.0, "spa": 1.0,
-               "pixel_accuracy": 1.0}
+    perfect = {"psnr": np.inf, "ssim": 1.0, "f1": 1.0, "precision": 1.0, "recall": 1.0, "iou": 1.0, "iou_fg": 1.0,
+               "spa": 1.0, "pixel_accuracy": 1.0}
     for metric in task.summary_metrics[1:]:
         assert out[metric] == pytest.approx(perfect[metric]), metric
 

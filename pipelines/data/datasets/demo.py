@@ -6,13 +6,14 @@ demo pipeline runs in minutes on two cores. Same seed, same bytes: every generat
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import numpy as np
 
 from pipelines.data import imaging
 
-DEMO_VERSION = "demo/2"  # bump whenever a demo set changes, so existing demo shards are rebuilt
+DEMO_VERSION = "demo/3"  # bump whenever a demo set changes, so existing demo shards are rebuilt
 
 
 # ----------------------------------------------------------------------------------------- image sources
@@ -246,9 +247,82 @@ def cbsd68() -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- depth
+#: Kinect v1 geometry: IR camera-projector baseline (m) and disparity quantisation (1/8 pixel).
+KINECT_BASELINE_M, KINECT_SUBPIXEL = 0.075, 8
+KINECT_RANGE_M = (0.5, 4.0)  # metres: what 7-Scenes frames hold (the sensor is specified to about 4 m)
+
+
+def kinect_v1_depth(depth: np.ndarray, rng: np.random.Generator, focal: float) -> np.ndarray:
+    """What a Kinect v1 measures of a clean depth map (H, W) in metres (0 = no surface): noisy, with holes.
+
+    In the order the sensor makes them (0 = invalid, as in 7-Scenes' ``.depth.png``):
+      1. projector shadows: a pixel the IR projector (``KINECT_BASELINE_M`` to the side) cannot see, i.e. one
+         whose projector column ``u + f b / z`` lies left of a nearer pixel's on its row, gets no depth;
+      2. ragged edges: the 9x9 correlation window mixes the two sides of a depth edge, so pixels within 2 px of
+         a jump over 5 cm take a random neighbour's depth (foreground or background: "flying" edge pixels);
+      3. axial noise ``sigma(z) = 0.0012 + 0.0019 (z - 0.4)^2`` m (Nguyen, Izadi & Lovell 2012);
+      4. disparity quantised to 1/8 pixel: ``z = f b / (round(8 f b / z) / 8)`` (Khoshelham & Elberink 2012),
+         steps of z^2 / (8 f b), 1.2 cm at 2 m for a 585 px focal length;
+      5. drop-outs: small blobs (specular, dark or oblique surfaces) over about 2 % of the pixels, and
+         everything outside ``KINECT_RANGE_M``.
+    """
+    from scipy import ndimage
+
+    fb = focal * KINECT_BASELINE_M
+    valid = depth > 0
+    z = np.where(valid, depth, np.inf)
+    cols = np.arange(depth.shape[1])[None, :]
+    projector = np.where(valid, cols + fb / z, -np.inf)
+    shadow = valid & (projector < np.maximum.accumulate(projector, axis=1) - 0.5)
+    out = np.where(valid & ~shadow, depth, 0.0)
+    # Ragged edges: 2 px around jumps of over 5 cm take a random neighbour's value.
+    jump = ndimage.maximum_filter(out, 3) - ndimage.minimum_filter(np.where(out > 0, out, np.inf), 3)
+    edge = ndimage.binary_dilation(np.isfinite(jump) & (jump > 0.05), iterations=1) & (out > 0)
+    rows, cols_e = np.nonzero(edge)
+    dr, dc = rng.integers(-2, 3, rows.size), rng.integers(-2, 3, rows.size)
+    r2 = np.clip(rows + dr, 0, depth.shape[0] - 1)
+    c2 = np.clip(cols_e + dc, 0, depth.shape[1] - 1)
+    out[rows, cols_e] = out[r2, c2]
+    live = out > 0
+    noisy = out + rng.normal(size=out.shape) * (0.0012 + 0.0019 * (out - 0.4) ** 2)
+    disparity = np.round(KINECT_SUBPIXEL * fb / np.where(live, noisy, 1.0)) / KINECT_SUBPIXEL
+    measured = np.where(live & (disparity > 0), fb / np.maximum(disparity, 1e-6), 0.0)
+    blobs = ndimage.gaussian_filter(rng.random(out.shape), 1.5)
+    drop = blobs > np.quantile(blobs, 0.98)
+    in_range = (measured >= KINECT_RANGE_M[0]) & (measured <= KINECT_RANGE_M[1])
+    return np.where(in_range & ~drop, measured, 0.0).astype(np.float32)
+
+
+def _camera_path(rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    """``n`` camera-to-world poses of a hand-held sweep: ~1.5 cm and ~0.2 degree per frame, centred on frame n//2."""
+    step = rng.normal(0, 1, 3)
+    step = 0.015 * step / np.linalg.norm(step)
+    spin = np.deg2rad(rng.uniform(-0.2, 0.2))
+    poses = []
+    for i in range(n):
+        k = i - n // 2
+        a = k * spin
+        pose = np.eye(4)
+        pose[:3, :3] = [[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]]
+        pose[:3, 3] = k * step
+        poses.append(pose)
+    return poses
+
+
 def sevenscenes() -> dict:
-    """7-Scenes-like depth: 64x64 crops of the Middlebury motorcycle disparity as metric depth (0.5-4 m)."""
+    """7-Scenes-like frames made the way the reader makes them: raw Kinect depth in, temporally fused depth out.
+
+    The scene is the Middlebury motorcycle disparity as metric depth (median 2 m, 0.5-4 m), at half resolution,
+    seen by a camera with the 7-Scenes focal length scaled to it. Each sample is the centre frame of its own
+    9-frame hand-held sweep: every frame is rendered from its pose and measured by :func:`kinect_v1_depth`;
+    ``input.npy`` is the centre frame's measurement, ``target.npy`` the fusion of the nine
+    (:func:`pipelines.data.datasets.fusion.fuse_depth`, the reader's code), ``mask.png`` its valid pixels.
+    Stored frames are a 96x128 window of the view (a small sensor): the task crops them, never resizes.
+    6 train (chess) + 3 test (fire, office, stairs).
+    """
     from skimage import data
+
+    from pipelines.data.datasets.fusion import FusionParams, backproject, fuse_depth, render, transform
 
     rng = np.random.default_rng(7)
     _, _, disparity = data.stereo_motorcycle()
@@ -257,20 +331,35 @@ def sevenscenes() -> dict:
     # depth = f B / disparity with f B set so the median depth is 2 m, inside 7-Scenes' 0.5-4 m Kinect range.
     focal_baseline = 2.0 * np.median(disparity[valid_full])
     depth_full = np.where(valid_full, focal_baseline / np.where(valid_full, disparity, 1.0), 0.0)
-    depth_full = np.where(valid_full, np.clip(depth_full, 0.5, 4.0), 0.0)
-    size = 64
+    depth_full = np.where(valid_full, np.clip(depth_full, 0.5, 4.0), 0.0)[::2, ::2]
+    h, w = depth_full.shape
+    focal = 585.0 * w / 640.0
+    fusion = FusionParams()
+    n_frames, centre = 2 * fusion.radius + 1, fusion.radius
+    window, margin = (96, 128), 32  # the sweep moves the view by under 15 px: 32 px keep the window covered
+    shape = (window[0] + 2 * margin, window[1] + 2 * margin)
+    box = (slice(margin, margin + window[0]), slice(margin, margin + window[1]))
     splits: dict[str, list] = {"train": [], "test": []}
     for split, scenes, count in (("train", ["chess"], 6), ("test", ["fire", "office", "stairs"], 3)):
         for i in range(count):
             scene = scenes[i % len(scenes)]
-            top, left = rng.integers(0, depth_full.shape[0] - 2 * size), rng.integers(0, depth_full.shape[1] - 2 * size)
-            block = depth_full[top: top + 2 * size: 2, left: left + 2 * size: 2].astype(np.float32)
-            valid = (block > 0).astype(np.uint8)
-            key = f"{scene}_seq-01_frame-{i:06d}"
-            splits[split].append({"__key__": key, "target.npy": block, "mask.png": valid,
-                                  "meta.json": {"task": "depth", "units": "metres",
-                                                "original_size": [size, size], "demo": True,
-                                                "source_files": ["skimage.data.stereo_motorcycle"]}})
+            poses = _camera_path(rng, n_frames)
+            top = int(rng.integers(margin, h - window[0] - margin))
+            left = int(rng.integers(margin, w - window[1] - margin))
+            # Only the window and its margin are rendered: a sensor whose principal point is moved to match.
+            intrinsics = (focal, focal, w / 2.0 - (left - margin), h / 2.0 - (top - margin))
+            region = depth_full[top - margin: top + window[0] + margin, left - margin: left + window[1] + margin]
+            world = backproject(region, intrinsics)  # the reference camera is the world frame
+            raw = [kinect_v1_depth(render(transform(world, np.linalg.inv(p)), intrinsics, shape), rng, focal)
+                   for p in poses]
+            target, valid = fuse_depth(raw, poses, centre, intrinsics, fusion)
+            key = f"{scene}_seq-{i + 1:02d}_frame-{centre:06d}"
+            splits[split].append({
+                "__key__": key, "input.npy": np.ascontiguousarray(raw[centre][box]),
+                "target.npy": np.ascontiguousarray(target[box]), "mask.png": np.ascontiguousarray(valid[box]),
+                "meta.json": {"task": "depth", "units": "metres", "original_size": list(window), "demo": True,
+                              "target": "temporal fusion", "fusion": dataclasses.asdict(fusion),
+                              "source_files": ["skimage.data.stereo_motorcycle"]}})
     return splits
 
 

@@ -11,6 +11,7 @@ undecodable images, label values outside the expected set, mismatched sizes.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Iterator
@@ -384,38 +385,118 @@ def read_cbsd68(root: Path, spec) -> dict[str, Iterator[dict]]:
 
 
 # ------------------------------------------------------------------------------------------------- depth
-def read_sevenscenes(root: Path, spec) -> dict[str, Iterator[dict]]:
-    """7-Scenes: ``<scene>/seq-NN/frame-NNNNNN.depth.png`` (uint16 mm, 65535 = invalid); chess -> train.
+#: c-Glow sec. 5.5 (after Wang et al. 2016): train on Chess, test on 5,500 frames of the other scenes. Which
+#: 5,500 is not said; ours: a fixed seeded choice, uniform over every non-Chess frame of the release.
+SEVENSCENES_TEST_COUNT, SEVENSCENES_TEST_SEED = 5500, 2016
 
-    c-Glow sec. 5.5 trains on Chess and tests on the other scenes. target.npy is depth in metres (float32),
-    mask.png marks valid depth.
+
+def _frame_number(path: Path) -> int:
+    return int(re.search(r"frame-(\d+)", path.name).group(1))
+
+
+def sevenscenes_files(root: Path) -> dict[str, list[Path]]:
+    """The 7-Scenes depth frames by split, without decoding: every Chess frame trains, 5,500 others test.
+
+    Test: ``SEVENSCENES_TEST_COUNT`` frames drawn without replacement (``SEVENSCENES_TEST_SEED``) from every
+    frame of the other scenes in sorted path order, then kept in that order.
     """
     files = _find(root, r"/seq-\d+/frame-\d+\.depth\.png$")
     if not files:
         raise ReaderError(f"{root}: no <scene>/seq-NN/frame-NNNNNN.depth.png files")
+    train = [p for p in files if p.parent.parent.name.lower() == "chess"]
+    others = [p for p in files if p.parent.parent.name.lower() != "chess"]
+    if not train:
+        raise ReaderError(f"{root}: no chess/seq-NN/frame-NNNNNN.depth.png (the training scene)")
+    if len(others) < SEVENSCENES_TEST_COUNT:
+        raise ReaderError(f"{root}: {len(others)} frames outside chess/, fewer than the {SEVENSCENES_TEST_COUNT} "
+                          "test frames c-Glow sec. 5.5 draws from them (is every scene unpacked?)")
+    chosen = np.random.default_rng(SEVENSCENES_TEST_SEED).choice(len(others), SEVENSCENES_TEST_COUNT, replace=False)
+    return {"train": train, "test": [others[i] for i in sorted(chosen)]}
 
-    def sample(path: Path) -> dict:
+
+def _raw_depth_m(path: Path) -> np.ndarray:
+    """A 7-Scenes ``.depth.png`` (uint16 millimetres; 0 and 65535 invalid) in metres, 0 where invalid."""
+    raw = load_image(path)
+    if raw.dtype not in (np.uint16, np.int32):
+        raise ReaderError(f"{path}: depth must be a 16-bit PNG, got {raw.dtype}")
+    raw = raw.astype(np.int64)
+    return np.where((raw > 0) & (raw < 65535), raw / 1000.0, 0.0).astype(np.float32)
+
+
+def _pose(depth_path: Path) -> tuple[Path, np.ndarray]:
+    """The camera-to-world 4x4 pose beside a depth frame (``frame-NNNNNN.pose.txt``)."""
+    path = depth_path.with_name(depth_path.name.replace(".depth.png", ".pose.txt"))
+    if not path.is_file():
+        raise ReaderError(f"{path}: missing (the camera pose of {depth_path.name}; the refined target needs it)")
+    try:
+        pose = np.loadtxt(path, dtype=np.float64)
+    except ValueError as exc:
+        raise ReaderError(f"{path}: cannot parse a 4x4 pose ({exc})") from exc
+    if pose.shape != (4, 4) or not np.all(np.isfinite(pose)):
+        raise ReaderError(f"{path}: expected a finite 4x4 camera-to-world matrix, got shape {pose.shape}")
+    return path, pose
+
+
+def read_sevenscenes(root: Path, spec, fusion=None) -> dict[str, Iterator[dict]]:
+    """7-Scenes for c-Glow's depth refinement (sec. 5.5, the protocol of Wang et al. 2016).
+
+    Per frame: ``input.npy`` = the raw Kinect depth in metres (0 = invalid, as the ``.depth.png`` has it),
+    ``target.npy`` = the refined depth: temporal fusion of the frame with its ``fusion.radius`` neighbours on
+    either side in the same sequence, using the release's camera poses and depth intrinsics
+    (:func:`pipelines.data.datasets.fusion.fuse_depth`), ``mask.png`` = where the fusion is valid (the scored
+    pixels). Splits: :func:`sevenscenes_files`. Frames stay whole (640x480); the task crops them.
+    """
+    from pipelines.data.datasets.fusion import SEVENSCENES_INTRINSICS, FusionParams, fuse_depth
+
+    fusion = fusion or FusionParams()
+    listing = sevenscenes_files(root)
+    sequences: dict[Path, dict[int, Path]] = {}
+    for path in _find(root, r"/seq-\d+/frame-\d+\.depth\.png$"):
+        sequences.setdefault(path.parent, {})[_frame_number(path)] = path
+
+    def sample(path: Path, cache: dict) -> dict:
+        t = _frame_number(path)
+        frames = sequences[path.parent]
+        window = [j for j in range(t - fusion.radius, t + fusion.radius + 1) if j in frames]
+        for j in list(cache):
+            if j not in window:
+                del cache[j]  # frames are read in order: each depth and pose is decoded about once
+        for j in window:
+            if j not in cache:
+                cache[j] = (_raw_depth_m(frames[j]), *_pose(frames[j]))
+        depths = [cache[j][0] for j in window]
+        if any(d.shape != depths[0].shape for d in depths):
+            raise ReaderError(f"{path.parent}: frames {window[0]}..{window[-1]} differ in size")
+        target, valid = fuse_depth(depths, [cache[j][2] for j in window], window.index(t), SEVENSCENES_INTRINSICS,
+                                   fusion)
         scene, seq = path.parent.parent.name, path.parent.name
-        raw = load_image(path)
-        if raw.dtype != np.uint16 and raw.dtype != np.int32:
-            raise ReaderError(f"{path}: depth must be a 16-bit PNG, got {raw.dtype}")
-        raw = raw.astype(np.int64)
-        valid = (raw > 0) & (raw < 65535)
-        depth = np.where(valid, raw / 1000.0, 0.0).astype(np.float32)
-        key = f"{scene}_{seq}_{path.name.split('.')[0]}"
-        return {"__key__": key, "target.npy": depth, "mask.png": valid.astype(np.uint8),
-                "meta.json": _meta("depth", [path], root, raw.shape, units="metres", invalid_raw=[0, 65535])}
+        files = [frames[j] for j in window] + [cache[j][1] for j in window]
+        return {"__key__": f"{scene}_{seq}_{path.name.split('.')[0]}", "input.npy": depths[window.index(t)],
+                "target.npy": target, "mask.png": valid,
+                "meta.json": _meta("depth", files, root, target.shape, units="metres", invalid_raw=[0, 65535],
+                                   target="temporal fusion", fusion=dataclasses.asdict(fusion),
+                                   fused_frames=window)}
 
-    def scene_of(path: Path) -> str:
-        return path.parent.parent.name.lower()
+    def split(paths: list[Path]) -> Iterator[dict]:
+        cache: dict = {}
+        for path in paths:
+            yield sample(path, cache)
 
-    return {"train": (sample(p) for p in files if scene_of(p) == "chess"),
-            "test": (sample(p) for p in files if scene_of(p) != "chess")}
+    return {name: split(paths) for name, paths in listing.items()}
 
 
 # ------------------------------------------------------------------------------------------------ CelebA
+#: c-Glow sec. 5.6 tests on "2,000 randomly selected images"; ours: drawn once, with this seed, from the official
+#: test partition (19,962 images), kept in partition order.
+CELEBA_TEST_COUNT, CELEBA_TEST_SEED = 2000, 2020
+
+
 def read_celeba(root: Path, spec) -> dict[str, Iterator[dict]]:
-    """CelebA aligned & cropped (178x218 JPEG): splits from list_eval_partition.txt (0 train, 1 valid, 2 test)."""
+    """CelebA aligned & cropped (178x218 JPEG): splits from list_eval_partition.txt (0 train, 1 valid, 2 test).
+
+    ``test`` is ``CELEBA_TEST_COUNT`` images of partition 2 drawn without replacement (``CELEBA_TEST_SEED``), in
+    partition order: c-Glow's test set of 2,000 randomly selected images.
+    """
     partitions = _find(root, r"/list_eval_partition\.(txt|csv)$")
     if not partitions and _find(root, r"/img_align_celeba_89x109/"):
         raise ReaderError(f"{root}: no list_eval_partition.txt; this is the 89x109 CelebA subset, fetched as "
@@ -433,6 +514,12 @@ def read_celeba(root: Path, spec) -> dict[str, Iterator[dict]]:
             raise ReaderError(f"{partition_path}:{line_no}: expected '<file> 0|1|2', got {line!r}")
         assignment[names[fields[1]]].append(fields[0])
     folder = _one(root, r"/img_align_celeba/[^/]+\.jpg$", "img_align_celeba/*.jpg").parent
+    test = assignment["test"]
+    if len(test) < CELEBA_TEST_COUNT:
+        raise ReaderError(f"{partition_path}: {len(test)} test images (partition 2), fewer than the "
+                          f"{CELEBA_TEST_COUNT} c-Glow sec. 5.6 draws from them")
+    chosen = np.random.default_rng(CELEBA_TEST_SEED).choice(len(test), CELEBA_TEST_COUNT, replace=False)
+    assignment["test"] = [test[i] for i in sorted(chosen)]
 
     def split(files: list[str]) -> Iterator[dict]:
         for name in files:

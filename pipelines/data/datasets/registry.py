@@ -1,7 +1,9 @@
 """One declarative entry per dataset: task, official release, expected archives/checksums, splits, reader.
 
 Counts are those of the official releases (checked at fetch; a mismatch fails the fetch). ``None`` means the
-release does not fix a count we can check (e.g. 7-Scenes frames per scene vary by download). Checksums are
+release does not fix a count we can check (e.g. 7-Scenes frames per scene vary by download). Where a paper tests
+on a random subset (c-Glow: 2,000 CelebA test images, 5,500 7-Scenes frames), the reader draws it with a fixed
+seed and the count here is the subset's. Checksums are
 given where a reference copy was verified (``../shared/datasets/SHA256SUMS``: every archive there is listed);
 a source whose file name is listed here must match it. Datasets whose split is not the official release's
 (``sr_train``, ``celeba_subset``) state their rule beside the entry and in docs/datasets.md.
@@ -75,13 +77,18 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in [
     _d("cbsd68", "denoise", "https://github.com/clausmichele/CBSD68-dataset", "read_cbsd68", {"test": 68},
        {"CBSD68.zip": "550e4a3c1a36dc6777ef0c5ec901fe26f1413be72714be9cca669eda37477de7"},
        citation="Roth & Black 2009 (color: Zhang et al. 2017)"),
+    # c-Glow sec. 5.5: input = raw Kinect depth, target = temporal fusion of 9 frames with the release's poses
+    # (readers.read_sevenscenes); train = every Chess frame, test = 5,500 other frames, a seeded choice.
     _d("sevenscenes", "depth",
        "https://www.microsoft.com/en-us/research/project/rgb-d-dataset-7-scenes/", "read_sevenscenes",
-       {"train": None, "test": None}, {}, citation="Shotton et al. 2013; Newcombe et al. 2011"),
+       {"train": None, "test": 5500}, {}, citation="Shotton et al. 2013; Newcombe et al. 2011"),
+    # c-Glow sec. 5.6: "2,000 randomly selected images" test; ours: a seeded choice of 2,000 from the official
+    # test partition (readers.CELEBA_TEST_COUNT, CELEBA_TEST_SEED); train and valid as the partition has them.
     _d("celeba", "inpaint", "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html", "read_celeba",
-       {"train": 162770, "valid": 19867, "test": 19962}, {"img_align_celeba.zip": None},
+       {"train": 162770, "valid": 19867, "test": 2000}, {"img_align_celeba.zip": None},
        citation="Liu et al. 2015"),
-    # Not the official partition (the subset has none): image ids 1-8000 train, 8001-9000 valid, 9001-10000 test.
+    # Not the official partition (the subset has none): image ids 1-8000 train, 8001-9000 valid, 9001-10000 test;
+    # its test split is its own 1,000 images (not c-Glow's 2,000, which the subset cannot hold apart from train).
     _d("celeba_subset", "inpaint", "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html (first 10,000, 89x109)",
        "read_celeba_subset", {"train": 8000, "valid": 1000, "test": 1000},
        {"celeba_subset.zip": "d33b97ce97d718a08a96bdb8ab2bb846cac5fc75b985b2009c891e5ab95dc409"},
