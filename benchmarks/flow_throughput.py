@@ -12,8 +12,10 @@ are built in one process and timed round-robin (one train step and one sampling 
 from other processes hits them alike; medians are reported:
 
 - ``ours``: ``flowlib.build_model`` exactly as ``cnf train`` builds the experiment (encoder, conditional
-  couplings on ``[z_1, h]``, conditional split priors and prior, dequantizer); eager.
-- ``ours-compiled``: the same model through :func:`flowlib.compile_model` (inductor); sampling stays eager.
+  couplings on ``[z_1, h]``, conditional split priors and prior, dequantizer); eager, NCHW.
+- ``ours-cl``: the same model after :func:`flowlib.channels_last` (NHWC end to end), eager.
+- ``ours-compiled``: the same model (NCHW; inductor picks NHWC for its convolutions itself) through
+  :func:`flowlib.compile_model`; sampling runs the eager model.
 - ``ours-before``: with ``--before REV``, flowlib as of git revision ``REV`` (``git archive``, read only), same
   model and seed: the speed-up of the working tree over that revision.
 - ``normflows`` (1.7): ``nf.MultiscaleFlow`` of ``GlowBlock`` (ActNorm, LU 1x1 conv, coupling; additive for
@@ -33,8 +35,9 @@ from other processes hits them alike; medians are reported:
 Columns: ``GFLOP/img`` counts one train step (``torch.utils.flop_counter``: forward and backward, per image);
 ``GFLOP/s`` is that work per second of train step; ``conv GFLOP/s`` is what this machine reaches on the same
 step's convolutions alone: every ``aten.convolution`` of the step replayed as a plain ``torch.nn.Conv2d``
-forward+backward (input and weight gradients) at the same shapes, FLOP-weighted; ``of conv`` is the ratio,
-how close a train step comes to the machine's convolution throughput. Peak memory is the rise of peak RSS
+forward+backward (input and weight gradients) at the same shapes, each in its faster layout (NCHW or
+channels-last), timed in the same rounds as the steps; ``of conv`` is the ratio, how close a train step comes
+to the machine's convolution throughput. Peak memory is the rise of peak RSS
 (``VmHWM``, reset through ``/proc/self/clear_refs`` after imports) over building the model, 3 train steps and
 one sampling pass, in a fresh subprocess per implementation.
 """
@@ -56,6 +59,7 @@ from pathlib import Path
 from flow_configs import CONFIGS, GRAD_CLIP, ROOT, build_ours, flow_options, load_flowlib_at, make_batch
 
 PEERS = ("normflows", "freia")
+OURS = {"ours": "eager", "ours-cl": "cl", "ours-compiled": "compiled"}
 DEFAULT_CONFIGS = ("reference", "drive", "sr")
 
 
@@ -109,16 +113,24 @@ class Impl:
                 sample_fn()
 
         self.train_step, self.sample = train_step, sample
+        self.predict = None  # ours: predict(n_samples), the sample-mean prediction
+        self.counted_step = train_step  # what FLOP counting and the convolution census run
 
 
-def _ours(flowlib, cfg: dict, compiled: bool) -> Impl:
+def _ours(flowlib, cfg: dict, mode: str = "eager") -> Impl:
     import torch
     model = build_ours(flowlib, cfg)
     y, x = make_batch(cfg)
     with torch.no_grad():
         model.nll(y, x)  # ActNorm's data-dependent initialisation, as the worker does before training
-    objective = flowlib.compile_model(model) if compiled else model
-    return Impl(model, lambda: objective(y, x).mean(), lambda: model.sample(x), cfg["batch"])
+    if mode == "cl":
+        flowlib.channels_last(model)
+    objective = flowlib.compile_model(model) if mode == "compiled" else model
+    impl = Impl(model, lambda: objective(y, x).mean(), lambda: model.sample(x), cfg["batch"])
+    impl.predict = lambda n: model.predict(x, n_samples=n)
+    if mode == "compiled":  # FLOPs and convolution shapes are counted on the same model run eagerly
+        impl.counted_step = Impl(model, lambda: model(y, x).mean(), impl.sample, cfg["batch"]).train_step
+    return impl
 
 
 def _dequantized(cfg: dict, y):
@@ -273,11 +285,11 @@ def build(impl: str, config: str, before: str | None = None) -> Impl:
     import torch
     torch.manual_seed(0)
     cfg = CONFIGS[config]
-    if impl in ("ours", "ours-compiled"):
+    if impl in OURS:
         import flowlib
-        return _ours(flowlib, cfg, impl == "ours-compiled")
+        return _ours(flowlib, cfg, OURS[impl])
     if impl == "ours-before":
-        return _ours(load_flowlib_at(before), cfg, False)
+        return _ours(load_flowlib_at(before), cfg)
     if impl == "normflows":
         return _normflows(cfg)
     if impl == "freia":
@@ -314,35 +326,51 @@ def _conv_flops(call) -> float:
     return 3 * 2.0 * b * cout * ho * wo * cin_g * kh * kw
 
 
-_CONV_TIMES: dict[tuple, float] = {}
+class ConvReplay:
+    """The convolutions of one train step, replayed as plain ``torch.nn.Conv2d`` forward+backward passes.
 
+    One ``nn.Conv2d`` per distinct shape, in NCHW or channels-last layout, whichever a calibration finds
+    faster there (what the machine can do at that shape); ``replay()`` runs every recorded call once (input
+    and weight gradients), so timing it beside the train step, in the same round, gives the machine's
+    convolution throughput under the same load. ``flops``: the FLOPs one replay does.
+    """
 
-def machine_conv_gflops(calls: list[tuple], reps: int = 5) -> float:
-    """FLOP-weighted throughput of plain ``nn.Conv2d`` forward+backward at every shape in ``calls``."""
-    import torch
-    flops = seconds = 0.0
-    for call in calls:
-        if call not in _CONV_TIMES:
+    def __init__(self, calls: list[tuple], calibration_reps: int = 3):
+        import collections
+        import torch
+        self.counts = collections.Counter(calls)
+        self.flops = sum(_conv_flops(c) for c in calls)
+        self.runs = {}
+        for call in self.counts:
             (b, cin, h, w), (cout, _, kh, kw), stride, padding, dilation, groups, bias = call
-            conv = torch.nn.Conv2d(cin, cout, (kh, kw), stride, padding, dilation, groups, bias)
-            inp = torch.randn(b, cin, h, w, requires_grad=True)
-            for _ in range(2):
-                conv(inp).sum().backward()
-            times = []
-            for _ in range(reps):
+            best = None
+            for layout in (torch.contiguous_format, torch.channels_last):
+                conv = torch.nn.Conv2d(cin, cout, (kh, kw), stride, padding, dilation, groups, bias)
+                conv = conv.to(memory_format=layout)
+                inp = torch.randn(b, cin, h, w).contiguous(memory_format=layout).requires_grad_()
+                grad = torch.randn_like(conv(inp))
+
+                def run(conv=conv, inp=inp, grad=grad):
+                    conv(inp).backward(grad)
+                run()
                 t0 = time.perf_counter()
-                conv(inp).sum().backward()
-                times.append(time.perf_counter() - t0)
-            _CONV_TIMES[call] = statistics.median(times)
-        flops += _conv_flops(call)
-        seconds += _CONV_TIMES[call]
-    return flops / seconds / 1e9
+                for _ in range(calibration_reps):
+                    run()
+                t = time.perf_counter() - t0
+                if best is None or t < best[0]:
+                    best = (t, run)
+            self.runs[call] = best[1]
+
+    def replay(self) -> None:
+        for call, n in self.counts.items():
+            for _ in range(n):
+                self.runs[call]()
 
 
 def train_flops(impl: Impl) -> float:
     from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False) as counter:
-        impl.train_step()
+        impl.counted_step()
     return counter.get_total_flops()
 
 
@@ -365,7 +393,8 @@ def measure_memory(impl: str, config: str, steps: int, threads: int, before: str
     return {"params": sum(p.numel() for p in run.params), "peak_rss_mb": _peak_mb() - rss0}
 
 
-def measure_speed(config: str, impls: list[str], rounds: int, threads: int, before: str | None) -> dict:
+def measure_speed(config: str, impls: list[str], rounds: int, threads: int, before: str | None,
+                  predict_samples: int) -> dict:
     """Every implementation in one process, timed round-robin, so load from other processes hits all alike."""
     import torch
     torch.set_num_threads(threads)
@@ -378,16 +407,15 @@ def measure_speed(config: str, impls: list[str], rounds: int, threads: int, befo
         runs[impl].sample()
         print(f"  {config}/{impl}: built and warmed up in {time.perf_counter() - t0:.0f}s", file=sys.stderr,
               flush=True)
-    out = {}
+    out, replays = {}, {}
     for impl, run in runs.items():
-        convs = _record_convs(run.train_step)
+        replays[impl] = ConvReplay(_record_convs(run.counted_step))
         out[impl] = {"batch": run.batch, "params": sum(p.numel() for p in run.params),
-                     "train_gflop_per_img": train_flops(run) / run.batch / 1e9,
-                     "conv_gflop_s": machine_conv_gflops(convs)}
-    times = {impl: {"train": [], "sample": []} for impl in impls}
+                     "train_gflop_per_img": train_flops(run) / run.batch / 1e9}
+    times = {impl: {"train": [], "sample": [], "convs": []} for impl in impls}
     for i in range(rounds):
         for impl, run in runs.items():
-            for kind, fn in (("train", run.train_step), ("sample", run.sample)):
+            for kind, fn in (("train", run.train_step), ("sample", run.sample), ("convs", replays[impl].replay)):
                 t0 = time.perf_counter()
                 fn()
                 times[impl][kind].append(time.perf_counter() - t0)
@@ -397,18 +425,31 @@ def measure_speed(config: str, impls: list[str], rounds: int, threads: int, befo
         r["train_img_s"] = run.batch / statistics.median(times[impl]["train"])
         r["sample_img_s"] = run.batch / statistics.median(times[impl]["sample"])
         r["train_gflop_s"] = r["train_gflop_per_img"] * r["train_img_s"]
+        r["conv_gflop_s"] = replays[impl].flops / statistics.median(times[impl]["convs"]) / 1e9
         r["of_conv"] = r["train_gflop_s"] / r["conv_gflop_s"]
+    if predict_samples:  # sample-mean prediction: batched over draws (ours) or a loop of draws (ours-before)
+        timed = {impl: [] for impl, run in runs.items() if run.predict is not None}
+        for _ in range(2):
+            for impl in timed:
+                t0 = time.perf_counter()
+                runs[impl].predict(predict_samples)
+                timed[impl].append(time.perf_counter() - t0)
+        for impl, ts in timed.items():
+            out[impl]["predict_ms_per_img"] = 1e3 * min(ts) / runs[impl].batch
+            out[impl]["predict_samples"] = predict_samples
     return out
 
 
 def _fmt_table(rows: list[dict]) -> str:
     head = (f"{'config':9s} {'impl':13s} {'params':>9s} {'GFLOP/img':>9s} {'train img/s':>11s} "
-            f"{'sample img/s':>12s} {'peak MB':>8s} {'GFLOP/s':>8s} {'conv GFLOP/s':>12s} {'of conv':>7s}")
+            f"{'sample img/s':>12s} {'peak MB':>8s} {'GFLOP/s':>8s} {'conv GFLOP/s':>12s} {'of conv':>7s} "
+            f"{'predict ms/img':>14s}")
     lines = [head]
     for r in rows:
         lines.append(f"{r['config']:9s} {r['impl']:13s} {r['params']:9d} {r['train_gflop_per_img']:9.3f} "
                      f"{r['train_img_s']:11.2f} {r['sample_img_s']:12.2f} {r['peak_rss_mb']:8.1f} "
-                     f"{r['train_gflop_s']:8.1f} {r['conv_gflop_s']:12.1f} {r['of_conv']:7.1%}")
+                     f"{r['train_gflop_s']:8.1f} {r['conv_gflop_s']:12.1f} {r['of_conv']:7.1%} "
+                     + (f"{r['predict_ms_per_img']:14.1f}" if "predict_ms_per_img" in r else f"{'-':>14s}"))
     return "\n".join(lines)
 
 
@@ -417,7 +458,7 @@ def _fmt_ratios(rows: list[dict], configs: list[str]) -> str:
     for config in configs:
         by = {r["impl"]: r for r in rows if r["config"] == config}
         peers = [by[p] for p in PEERS if p in by]
-        for ours in ("ours", "ours-compiled"):
+        for ours in OURS:
             if ours not in by:
                 continue
             a = by[ours]
@@ -429,20 +470,36 @@ def _fmt_ratios(rows: list[dict], configs: list[str]) -> str:
                              f"{a['sample_img_s'] / sample_peer['sample_img_s']:.2f}x ({sample_peer['impl']})")
             if "ours-before" in by:
                 b = by["ours-before"]
-                lines.append(f"{config:9s} {ours:13s} train {a['train_img_s'] / b['train_img_s']:.2f}x "
-                             f"ours-before, sample {a['sample_img_s'] / b['sample_img_s']:.2f}x")
+                line = (f"{config:9s} {ours:13s} train {a['train_img_s'] / b['train_img_s']:.2f}x "
+                        f"ours-before, sample {a['sample_img_s'] / b['sample_img_s']:.2f}x")
+                if "predict_ms_per_img" in a and "predict_ms_per_img" in b:
+                    line += (f", predict ({a['predict_samples']} samples) "
+                             f"{b['predict_ms_per_img'] / a['predict_ms_per_img']:.2f}x")
+                lines.append(line)
     return "\n".join(lines)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), choices=list(CONFIGS))
     p.add_argument("--impls", nargs="+", default=None,
-                   help="subset of ours ours-compiled ours-before normflows freia (default: all that apply)")
+                   help="subset of ours ours-cl ours-compiled ours-before normflows freia (default: all that apply)")
     p.add_argument("--rounds", type=int, default=8, help="timed round-robin rounds (median reported)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--before", metavar="REV", help="also time flowlib as of this git revision (ours-before)")
     p.add_argument("--no-compile", action="store_true", help="leave out ours-compiled")
+    p.add_argument("--predict-samples", type=int, default=16,
+                   help="draws per sample-mean prediction timed for ours and ours-before (0: skip)")
     p.add_argument("--json", type=Path, help="also write the rows and ratios here (atomically)")
     p.add_argument("--one", nargs=2, metavar=("IMPL", "CONFIG"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -450,7 +507,7 @@ def main(argv=None) -> int:
     if args.one:
         print(json.dumps(measure_memory(args.one[0], args.one[1], 3, args.threads, args.before)))
         return 0
-    impls = args.impls or (["ours"] + ([] if args.no_compile else ["ours-compiled"])
+    impls = args.impls or (["ours", "ours-cl"] + ([] if args.no_compile else ["ours-compiled"])
                            + (["ours-before"] if args.before else []) + list(PEERS))
     if "ours-before" in impls and not args.before:
         raise SystemExit("--impls ours-before needs --before REV")
@@ -458,7 +515,7 @@ def main(argv=None) -> int:
     rows = []
     t_start = time.monotonic()
     for n, config in enumerate(args.configs, 1):
-        speed = measure_speed(config, impls, args.rounds, args.threads, args.before)
+        speed = measure_speed(config, impls, args.rounds, args.threads, args.before, args.predict_samples)
         for impl in impls:
             cmd = [sys.executable, __file__, "--one", impl, config, "--threads", str(args.threads)]
             out = subprocess.run(cmd + (["--before", args.before] if args.before else []), capture_output=True,
@@ -474,7 +531,7 @@ def main(argv=None) -> int:
               f"ETA {elapsed / n * (len(args.configs) - n):.0f}s", file=sys.stderr, flush=True)
 
     import torch
-    print(f"# {datetime.datetime.now().isoformat(timespec='minutes')}  {platform.processor() or platform.machine()}, "
+    print(f"# {datetime.datetime.now().isoformat(timespec='minutes')}  {_cpu_name()}, "
           f"{os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads, {args.rounds} rounds, "
           f"load average {os.getloadavg()[0]:.2f}")
     print(_fmt_table(rows))

@@ -1,10 +1,11 @@
 """Where a train step spends its time: ``torch.profiler`` over the pipeline's step on one configuration.
 
-    python benchmarks/profile_train_step.py --config drive [--before REV] [--compile] [--steps 5] [--top 5]
+    python benchmarks/profile_train_step.py --config drive [--before REV] [--mode eager|cl|compiled] [--steps 5]
 
 The step is the worker's (``pipelines/training/worker.py``): ``zero_grad``, ``nll(y, x).mean()``, backward,
 ``clip_grad_norm_`` and Adam. ``--before REV`` profiles flowlib as of a git revision (``git archive``, read
-only) instead of the working tree; ``--compile`` profiles :func:`flowlib.compile_model`'s compiled objective.
+only) instead of the working tree; ``--mode cl`` profiles the model after :func:`flowlib.channels_last`,
+``--mode compiled`` :func:`flowlib.compile_model`'s compiled objective.
 Prints the ``--top`` operators by self CPU time (the share of the profiled steps each took) and the wall time
 per step; configurations: ``benchmarks/flow_configs.py``.
 """
@@ -20,13 +21,15 @@ from torch.profiler import ProfilerActivity, profile
 from flow_configs import CONFIGS, GRAD_CLIP, build_ours, load_flowlib_at, make_batch
 
 
-def make_step(flowlib, cfg: dict, compiled: bool):
+def make_step(flowlib, cfg: dict, mode: str = "eager"):
     torch.manual_seed(0)
     model = build_ours(flowlib, cfg)
     y, x = make_batch(cfg)
     with torch.no_grad():
         model.nll(y, x)  # ActNorm's data-dependent initialisation, as the worker does before training
-    objective = flowlib.compile_model(model) if compiled else model
+    if mode == "cl":
+        flowlib.channels_last(model)
+    objective = flowlib.compile_model(model) if mode == "compiled" else model
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=1e-4)
 
@@ -42,7 +45,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", choices=list(CONFIGS), required=True)
     p.add_argument("--before", metavar="REV", help="profile flowlib as of this git revision")
-    p.add_argument("--compile", action="store_true", help="profile flowlib.compile_model(model)")
+    p.add_argument("--mode", choices=("eager", "cl", "compiled"), default="eager",
+                   help="eager NCHW, eager after flowlib.channels_last, or flowlib.compile_model")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--top", type=int, default=5)
@@ -53,9 +57,9 @@ def main(argv=None) -> int:
         flowlib = load_flowlib_at(args.before)
     else:
         import flowlib
-    if args.compile and not hasattr(flowlib, "compile_model"):
-        raise SystemExit(f"--compile: {flowlib.__name__} has no compile_model")
-    step = make_step(flowlib, CONFIGS[args.config], args.compile)
+    if args.mode != "eager" and not hasattr(flowlib, "compile_model"):
+        raise SystemExit(f"--mode {args.mode}: {flowlib.__name__} predates channels_last and compile_model")
+    step = make_step(flowlib, CONFIGS[args.config], args.mode)
     for _ in range(args.warmup):
         step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -65,7 +69,7 @@ def main(argv=None) -> int:
         wall = (time.perf_counter() - t0) / args.steps
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
-    label = f"{args.config} ({flowlib.__name__}{', compiled' if args.compile else ''})"
+    label = f"{args.config} ({flowlib.__name__}, {args.mode})"
     print(f"{label}: {wall * 1e3:.1f} ms per step (profiled), batch {CONFIGS[args.config]['batch']}")
     print(f"{'op':40s} {'self CPU ms/step':>16s} {'share':>6s} {'calls/step':>10s}")
     for e in events[:args.top]:

@@ -48,11 +48,13 @@ class CompiledModel(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.failure is not None:
             return self.eager(*args, **kwargs)
+        rng = _rng_state()
         try:
             out = self._compiled(*args, **kwargs)
             self._check_backward(out, args, kwargs)
             return out
         except Exception as error:  # noqa: BLE001 - any compiler failure must fall back, not end the run
+            _set_rng_state(rng)  # the eager call draws the noise (dequantization) the attempt drew
             out = self.eager(*args, **kwargs)  # raises if the call itself is wrong: that error is the model's
             self._fall_back(error)
             return out
@@ -85,6 +87,17 @@ class CompiledModel(nn.Module):
             total = sum(t.float().sum() for t in outputs)
             torch.autograd.grad(total, params, retain_graph=True, allow_unused=True)
         self._checked.add(signature)
+
+
+def _rng_state() -> tuple:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return torch.random.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple) -> None:
+    torch.random.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
 
 
 def compile_model(module: nn.Module, **options: Any) -> CompiledModel:

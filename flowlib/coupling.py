@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from .bijection import Bijection, sum_except_batch
+from .layout import cat_channels
 from .subnets import make_subnet
 
 
@@ -33,7 +34,7 @@ class _Coupling(Bijection):
                 raise ValueError(f"{type(self).__name__} was built with cond_channels={self.cond_channels}; "
                                  "got cond=None")
             h = cond if self.cond_net is None else self.cond_net(cond)
-            u1 = torch.cat([u1, h], dim=1)
+            u1 = cat_channels([u1, h])
         return self.subnet(u1)
 
 
@@ -68,13 +69,13 @@ class AffineCoupling(_Coupling):
         u1, u2 = u[:, : self.c1], u[:, self.c1:]
         scale, shift = self._scale_shift(u1, cond)
         v2 = (u2 + shift) * scale
-        return torch.cat([u1, v2], dim=1), sum_except_batch(torch.log(scale))
+        return cat_channels([u1, v2]), sum_except_batch(torch.log(scale))
 
     def inverse(self, v: Tensor, cond: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         v1, v2 = v[:, : self.c1], v[:, self.c1:]
         scale, shift = self._scale_shift(v1, cond)
         u2 = v2 / scale - shift
-        return torch.cat([v1, u2], dim=1), -sum_except_batch(torch.log(scale))
+        return cat_channels([v1, u2]), -sum_except_batch(torch.log(scale))
 
 
 class AdditiveCoupling(_Coupling):
@@ -94,8 +95,8 @@ class AdditiveCoupling(_Coupling):
 
     def forward(self, u: Tensor, cond: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         u1, u2 = u[:, : self.c1], u[:, self.c1:]
-        return torch.cat([u1, u2 + self._subnet_out(u1, cond)], dim=1), u.new_zeros(u.shape[0])
+        return cat_channels([u1, u2 + self._subnet_out(u1, cond)]), u.new_zeros(u.shape[0])
 
     def inverse(self, v: Tensor, cond: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         v1, v2 = v[:, : self.c1], v[:, self.c1:]
-        return torch.cat([v1, v2 - self._subnet_out(v1, cond)], dim=1), v.new_zeros(v.shape[0])
+        return cat_channels([v1, v2 - self._subnet_out(v1, cond)]), v.new_zeros(v.shape[0])

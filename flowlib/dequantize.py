@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .bijection import Bijection, Sequential, sum_except_batch
-from .layout import Conv1x1
+from .layout import Conv1x1, cat_channels
 
 __all__ = [
     "UniformDequantizer",
@@ -102,7 +102,7 @@ class CheckerboardAffineCoupling(Bijection):
         return mask
 
     def _scale_shift(self, u_kept: Tensor, cond: Optional[Tensor], mask: Tensor) -> tuple[Tensor, Tensor]:
-        inp = u_kept if cond is None else torch.cat([u_kept, cond], dim=1)
+        inp = u_kept if cond is None else cat_channels([u_kept, cond])
         s, t = self.net(inp).chunk(2, dim=1)
         log_scale = F.logsigmoid(s + 2.0) * (1 - mask)
         return log_scale, t * (1 - mask)
@@ -216,7 +216,7 @@ class _NoiseFlowDequantizer(nn.Module):
             return y_code
         if x is None:
             raise ValueError("dequantizer was built with x_shape, so dequantize(y, x) needs x")
-        return torch.cat([y_code, self.features(x, tuple(y_code.shape[-2:]))], dim=1)
+        return cat_channels([y_code, self.features(x, tuple(y_code.shape[-2:]))])
 
     def _noise_to_a(self, y_code: Tensor, x: Optional[Tensor], e: Tensor) -> tuple[Tensor, Tensor]:
         a, logdet = self.flow(e, self._cond(y_code, x))

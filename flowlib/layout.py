@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from typing import Sequence
+
 from torch import Tensor, nn
 
-__all__ = ["channels_last", "is_channels_last", "to_layout", "Conv1x1"]
+__all__ = ["channels_last", "is_channels_last", "to_layout", "cat_channels", "Conv1x1"]
 
 
 def is_channels_last(t: Tensor) -> bool:
@@ -40,6 +42,18 @@ def to_layout(t: Tensor, memory_format: torch.memory_format) -> Tensor:
     if memory_format != torch.channels_last or t.dim() != 4 or is_channels_last(t):
         return t
     return t.clone(memory_format=torch.channels_last)
+
+
+def cat_channels(tensors: Sequence[Tensor]) -> Tensor:
+    """``torch.cat(tensors, dim=1)``, channels-last when any input is.
+
+    ``torch.cat`` keeps NHWC only if every input is NHWC; one NCHW input (typically a 1-channel map, or an
+    elementwise result of a channel slice) makes the whole result NCHW, and the next convolution copies it
+    back. Converting the odd inputs first costs a copy of those alone.
+    """
+    if any(is_channels_last(t) for t in tensors):
+        tensors = [to_layout(t, torch.channels_last) for t in tensors]
+    return torch.cat(tensors, dim=1)
 
 
 def channels_last(model: nn.Module) -> nn.Module:
@@ -71,6 +85,8 @@ class Conv1x1(nn.Conv2d):
 
     def forward(self, a: Tensor) -> Tensor:
         if is_channels_last(a):
-            w = self.weight.view(self.out_channels, self.in_channels)
-            return F.linear(a.permute(0, 2, 3, 1), w, self.bias).permute(0, 3, 1, 2)
+            o = F.linear(a.permute(0, 2, 3, 1), self.weight.view(self.out_channels, self.in_channels))
+            if self.bias is not None:
+                o = o.add_(self.bias)  # in place on the product: addmm's bias broadcast copy is slower
+            return o.permute(0, 3, 1, 2)
         return super().forward(a)

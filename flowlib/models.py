@@ -323,7 +323,9 @@ class FlowModel(StructuredModel):
         Convolutional flows take any ``y`` whose height and width are multiples of ``2**levels``.
         """
         self.check_size(y)
-        y, x = to_layout(y, self.memory_format), to_layout(x, self.memory_format)
+        # x only: the dequantizer draws its noise in y's own layout (rand_like fills storage order), so the
+        # draws do not depend on the model's layout; the flow brings v to its layout itself.
+        x = to_layout(x, self.memory_format)
         if self.dequantizer is None:
             return self.flow.log_prob(y - self._offset(x, y), x)
         v, log_q = self.dequantizer.dequantize(self._flow_target(y), x)

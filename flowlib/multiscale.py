@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .bijection import Bijection
-from .layout import to_layout
+from .layout import cat_channels, to_layout
 from .squeeze import squeeze2d
 
 COND_MODES = ("interpolate", "squeeze")
@@ -156,7 +156,7 @@ class ConditionalFlow(nn.Module):
             logdet = logdet + ld
             if l < len(self.levels) - 1:
                 z, z_out = split_channels(z)
-                log_split = log_split + self.split_priors[l].log_prob(z_out, torch.cat([z, conds[l]], dim=1))
+                log_split = log_split + self.split_priors[l].log_prob(z_out, cat_channels([z, conds[l]]))
                 latents.append(z_out)
         latents.append(z)
         return latents, logdet, log_split
@@ -165,7 +165,7 @@ class ConditionalFlow(nn.Module):
         z = latents[-1]
         for l in reversed(range(len(self.levels))):
             if l < len(self.levels) - 1:
-                z = torch.cat([z, latents[l]], dim=1)
+                z = cat_channels([z, latents[l]])
             z, _ = self.levels[l].inverse(z, conds[l])
         return z
 
@@ -218,8 +218,8 @@ class ConditionalFlow(nn.Module):
         z = self.prior.sample(conds[-1], temperature, next(eps))
         for l in reversed(range(len(self.levels))):
             if l < len(self.levels) - 1:
-                z_out = self.split_priors[l].sample(torch.cat([z, conds[l]], dim=1), temperature, next(eps))
-                z = torch.cat([z, z_out], 1)
+                z_out = self.split_priors[l].sample(cat_channels([z, conds[l]]), temperature, next(eps))
+                z = cat_channels([z, z_out])
             z, _ = self.levels[l].inverse(z, conds[l])
         return z
 

@@ -16,7 +16,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-import numpy as np
 import torch
 
 from pipelines.data.augment import key_rng

@@ -7,9 +7,9 @@
 Scores with ``pipelines.evaluation.evaluate_experiment``: bits/dim and the task's paper protocol
 (``pipelines/tasks/<task>.py``), sampling at ``eval.temperature``, or at the temperature `cnf sweep` chose on a
 validation split when ``sweeps.<exp>.select`` is set (recorded as ``temperature_selection``). The experiment's
-``table`` names must be tables of ``pipelines.reporting.reported``; an unknown one is refused before any work. Writes ``--out`` atomically with the ``mlflow_run_id`` of the experiment's
-training run (read from ``metrics/train/<exp>.json``) and logs ``eval.<split>.<metric>`` metrics and plots to
-that run.
+``table`` names must be tables of ``pipelines.reporting.reported``; an unknown one is refused before any work.
+Writes ``--out`` atomically with the ``mlflow_run_id`` of the experiment's training run (read from
+``metrics/train/<exp>.json``) and logs ``eval.<split>.<metric>`` metrics and plots to that run.
 """
 from __future__ import annotations
 

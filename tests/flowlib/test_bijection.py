@@ -12,6 +12,7 @@ from flowlib.coupling import AdditiveCoupling, AffineCoupling
 from flowlib.encoders.conditioning import CouplingFeatureNetwork
 from flowlib.flows import build_flow
 from flowlib.invconv import ConditionalInvConv1x1, InvConv1x1
+from flowlib.layout import to_layout
 from flowlib.squeeze import Squeeze
 from randomize import randomize
 
@@ -77,18 +78,28 @@ def make_case(name: str, with_cond: bool):
     return layer, torch.randn(2, *shape, dtype=torch.float64), cond
 
 
-def brute_force_logdet(layer, u, cond):
+def brute_force_logdet(layer, u, cond, layout=torch.contiguous_format):
     out = []
     for b in range(u.shape[0]):
-        c = None if cond is None else cond[b:b + 1]
-        jac = jacobian(lambda ub: layer(ub.reshape(1, *u.shape[1:]), c)[0].reshape(-1), u[b].reshape(-1))
+        c = None if cond is None else to_layout(cond[b:b + 1], layout)
+        jac = jacobian(lambda ub: layer(to_layout(ub.reshape(1, *u.shape[1:]), layout), c)[0].reshape(-1),
+                       u[b].reshape(-1))
         out.append(torch.linalg.slogdet(jac)[1])
     return torch.stack(out)
 
 
+LAYOUTS = {"nchw": torch.contiguous_format, "nhwc": torch.channels_last}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("name,with_cond", PARAMS, ids=[f"{n}-{'cond' if c else 'nocond'}" for n, c in PARAMS])
-def test_bijection_contract(name, with_cond):
+def test_bijection_contract(name, with_cond, layout):
+    """Round trip and log-determinant; also in channels-last layout, and through the no-graph (cached) path."""
     layer, u, cond = make_case(name, with_cond)
+    fmt = LAYOUTS[layout]
+    layer.to(memory_format=fmt)
+    u = to_layout(u, fmt)
+    cond = None if cond is None else to_layout(cond, fmt)
     v, logdet = layer(u, cond)
     assert v.shape[0] == u.shape[0] and v.numel() == u.numel()
     assert logdet.shape == (u.shape[0],)
@@ -98,7 +109,17 @@ def test_bijection_contract(name, with_cond):
     u_back, logdet_inv = layer.inverse(v, cond)
     torch.testing.assert_close(u_back, u, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(logdet_inv, -logdet, rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(logdet, brute_force_logdet(layer, u, cond), rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(logdet, brute_force_logdet(layer, u, cond, fmt), rtol=1e-7, atol=1e-7)
+
+    # Without a graph (evaluation, sampling) layers may serve cached weights: the same map, the same inverse.
+    with torch.no_grad():
+        for _ in range(2):  # the first call fills the caches, the second reads them
+            v_cached, logdet_cached = layer(u, cond)
+            u_cached, logdet_inv_cached = layer.inverse(v, cond)
+    torch.testing.assert_close(v_cached, v.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(logdet_cached, logdet.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(u_cached, u_back.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(logdet_inv_cached, logdet_inv.detach(), rtol=1e-12, atol=1e-12)
 
     if cond is not None:
         # The conditioning must actually change the map, or "conditional" is only a name.

@@ -182,3 +182,21 @@ def test_build_dequantizer_errors_name_the_option():
         build_dequantizer("binary", (1, 2, 2), levels=256)
     with pytest.raises(ValueError, match="needs x"):
         BinaryDequantizer((1, 2, 2), x_shape=(1, 2, 2)).dequantize(torch.zeros(1, 1, 2, 2))
+
+
+def test_checkerboard_masks_built_under_inference_mode_still_train():
+    """The coupling's mask is built once per size; one built during evaluation (inference mode) must not be an
+    inference tensor, which a later training step could not save for its backward."""
+    torch.manual_seed(0)
+    deq = BinaryDequantizer((1, 4, 4), (3, 4, 4), steps=1, hidden=4)
+    _perturb(deq, 0.1)
+    y, x = (torch.rand(2, 1, 4, 4) > 0.5).float(), torch.rand(2, 3, 4, 4)
+    with torch.inference_mode():
+        deq.dequantize(y, x)
+    couplings = [m for m in deq.modules() if hasattr(m, "_masks")]
+    assert couplings and all(len(m._masks) == 1 for m in couplings), "masks should be cached per size"
+    v, log_q = deq.dequantize(y, x)
+    log_q.sum().backward()
+    assert all(p.grad is not None for p in deq.parameters())
+    masks = [next(iter(m._masks.values())) for m in couplings]
+    assert masks[0].sum() + masks[1].sum() == 16, "the two parities cover every pixel once"

@@ -284,3 +284,50 @@ def test_residual_is_rejected_where_it_means_nothing(family, target, x_shape):
     opts = {} if family == "factorized" else {"levels": 1, "steps": 1}
     with pytest.raises(ValueError, match="residual"):
         build_model(family, target, (3, 8, 8), x_shape, residual=1.0, hidden=8, **opts)
+
+
+@pytest.mark.parametrize("family,target", [("cnf", "image8"), ("cnf", "binary"), ("cnf", "categorical"),
+                                           ("cnf", "continuous"), ("cglow", "continuous")])
+def test_batched_predict_equals_the_loop_of_samples_with_the_same_seed(family, target):
+    """Seeded equality: the batched passes draw each sample's noise in the order a loop of `sample` calls
+    draws it, so with one seed they decode the very same samples (float64: rounding far below 1e-9)."""
+    torch.manual_seed(0)
+    model, y_shape, x_shape = _build(family, target, levels=2, steps=2)
+    model.double()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(2, *x_shape, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        model.nll(_data(target, y_shape, gen=gen).double(), x)
+    _perturb(model, 0.05)
+    model.eval()
+    n = 5
+    torch.manual_seed(7)
+    draws = [model.sample(x, 0.9) for _ in range(n)]
+    if target == "categorical":
+        draws = [torch.nn.functional.one_hot(d[:, 0].long(), K).permute(0, 3, 1, 2).double() for d in draws]
+    stack = torch.stack(draws)
+    assert not torch.equal(stack[0], stack[1]), "draws should differ"
+    mean, std = stack.mean(0), stack.var(0, unbiased=False).sqrt()
+    for max_elements in (10 ** 9, 1):  # every draw in one pass; one draw per pass
+        torch.manual_seed(7)
+        out = model.predict(x, n_samples=n, temperature=0.9, max_batch_elements=max_elements)
+        torch.testing.assert_close(out["mean"], mean, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(out["std"], std, rtol=1e-6, atol=1e-6)
+
+
+def test_predict_encodes_x_once_and_bounds_every_pass():
+    torch.manual_seed(0)
+    model, y_shape, x_shape = _build("cnf", "image8", levels=2, steps=1)
+    x = torch.rand(2, *x_shape)
+    encoder_calls, pass_batches = [], []
+    model.flow.encoder.register_forward_hook(lambda m, i, o: encoder_calls.append(i[0].shape[0]))
+    decode = model.flow.sample_from
+    model.flow.sample_from = lambda conds, t, noise=None: pass_batches.append(conds[0].shape[0]) or decode(conds, t,
+                                                                                                          noise)
+    d = x.shape[0] * math.prod(y_shape)  # y elements of one draw of the batch
+    out = model.predict(x, n_samples=5, max_batch_elements=2 * d)
+    assert encoder_calls == [2], "h = g(x) should be computed once per predict, not once per sample"
+    assert pass_batches == [4, 4, 2], "passes of at most 2 draws of the batch of 2"
+    assert out["mean"].shape == (2, *y_shape)
+    with pytest.raises(ValueError, match="max_batch_elements"):
+        model.predict(x, n_samples=2, max_batch_elements=0)

@@ -4,10 +4,10 @@ c-Glow's depth task (Lu & Huang 2020, sec. 5.5) follows Wang, Fidler & Urtasun 2
 7-Scenes frame is the noisy *input*, and the target is a refined depth of the same view. Wang et al. process
 7-Scenes as Fanello et al. 2014 do, whose refined depth comes from KinectFusion's fused model (neither text is
 in this project: that much is from memory). 7-Scenes ships every frame's depth and camera pose (from its own
-KinectFusion tracking), so the same idea is implemented here from the release itself: the ``2 K + 1`` frames around frame
-``t`` of its sequence are back-projected, moved into frame ``t``'s camera with their poses and z-buffered, and
-each pixel's refined depth is the mean of the values that agree with their median (a robust temporal average,
-what KinectFusion's weighted TSDF average does per voxel):
+KinectFusion tracking), so the same idea is implemented here from the release itself: the ``2 K + 1`` frames
+around frame ``t`` of its sequence are back-projected, moved into frame ``t``'s camera with their poses and
+z-buffered, and each pixel's refined depth is the mean of the values that agree with their median (a robust
+temporal average, what KinectFusion's weighted TSDF average does per voxel):
 
 .. math:: \hat d_t(p) = \frac{1}{|S_p|}\sum_{j \in S_p} d_{j \to t}(p), \quad
           S_p = \{j : |d_{j \to t}(p) - \mathrm{med}_j\, d_{j \to t}(p)| \le \max(a, r\,\mathrm{med})\}
