@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 # The CPU wheel of torch; on a GPU machine install the CUDA build first (see README) and it stays in place.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup repro test bench
+.PHONY: setup repro exp ui test bench
 
 setup: $(VENV)/.installed
 
@@ -18,7 +18,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # One local Ray instance serves every training stage (Ray's start-up dominates short runs); an existing
 # cluster is used as is when RAY_ADDRESS is set. The head runs as `ray start --block`, so stopping it (SIGTERM
 # on exit, Ctrl-C included) shuts down this instance only, not other Ray sessions on the machine.
-repro: setup
+# `make exp ARGS="-S experiments.drive_cnf.train.steps=300"` runs `dvc exp run ARGS` the same way (one Ray
+# instance for the experiment's stages); queued experiments (`dvc exp run --queue`, `dvc queue start`) run
+# in DVC's own workers and start Ray per stage.
+DVC_CMD = dvc repro
+exp: DVC_CMD = dvc exp run $(ARGS)
+
+repro exp: setup
 	@set -e; export PATH="$(CURDIR)/$(BIN):$$PATH"; \
 	if [ -z "$$RAY_ADDRESS" ]; then \
 	  export RAY_AUTH_MODE=disabled; \
@@ -35,7 +41,11 @@ repro: setup
 	  grep -q "Ray runtime started" .ray-head.log || { cat .ray-head.log; echo "ray start: no head after 60 s" >&2; exit 1; }; \
 	  export RAY_ADDRESS=127.0.0.1:$$port; \
 	fi; \
-	dvc repro
+	$(DVC_CMD)
+
+# The MLflow UI on the project's store (every run of `make repro`, `dvc exp run` and `cnf`), http://127.0.0.1:5000
+ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q

@@ -77,7 +77,8 @@ def run_one(exp: str, steps: int, data_root: Path, work: Path, address: str | No
         env["RAY_ADDRESS"] = address
     cmd = [str(BIN / "cnf"), "train", exp, "--params", str(ROOT / "params.yaml"), "--data-root", str(data_root),
            "--storage", str(out / "runs"), "--model-out", str(out / "model.pt"),
-           "--metrics-out", str(out / "metrics.json"), "--fresh", "--no-samples",
+           "--metrics-out", str(out / "metrics.json"), "--info-out", str(out / "train_info.json"), "--fresh",
+           "--no-samples",
            "--set", f"train.steps={steps}", "--set", f"train.checkpoint_every={steps}"]
     for s in sets:
         cmd += ["--set", s]
@@ -87,7 +88,7 @@ def run_one(exp: str, steps: int, data_root: Path, work: Path, address: str | No
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "train_info.json").read_text()) | json.loads((out / "metrics.json").read_text())
     metrics["command_wall_s"] = wall
     return metrics
 

@@ -3,9 +3,10 @@
 ``save_checkpoint`` writes atomically (temporary name in the same folder, then ``os.replace``), so a reader
 never sees half a file even if training is killed mid-write. ``load_model`` rebuilds the model from its
 ``config`` with :func:`flowlib.models.build_model` and loads the weights; the source may be a file, a folder
-holding ``model.pt``, or an MLflow run (``runs:/<run_id>`` or a bare run id), whose artifact
-``checkpoint/model.pt`` is downloaded (mlflow is imported only in that branch: flowlib depends on torch and
-numpy alone).
+holding ``model.pt``, an MLflow run (``runs:/<run_id>`` or a bare run id), whose artifact
+``checkpoint/model.pt`` is downloaded, or a registered model version (``models:/<name>/<version>``, as the
+pipeline logs it: a pyfunc model whose ``artifacts/`` hold the checkpoint). mlflow is imported only in those
+branches: flowlib depends on torch and numpy alone.
 """
 from __future__ import annotations
 
@@ -69,10 +70,27 @@ def _download_mlflow(run_id: str) -> Path:
     return Path(local)
 
 
+def _download_registered(uri: str) -> Path:
+    """The checkpoint inside the MLflow model ``uri`` (``models:/<name>/<version>``): the one file of its
+    ``artifacts/`` folder (a pyfunc model's artifacts; a folder there is read as a checkpoint folder)."""
+    import mlflow  # lazily: only this branch needs it
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri,
+                                                     dst_path=tempfile.mkdtemp(prefix="flowlib-model-")))
+    found = sorted((local / "artifacts").iterdir()) if (local / "artifacts").is_dir() else []
+    if len(found) != 1:
+        raise FileNotFoundError(f"load_model: MLflow model {uri} holds {[p.name for p in found]} in artifacts/ "
+                                "(expected the one flowlib checkpoint the pipeline logs there)")
+    return _resolve_local(found[0])
+
+
 def load_checkpoint(source: Union[str, os.PathLike], map_location: Any = "cpu") -> dict:
-    """The checkpoint dictionary from a file, a folder with ``model.pt``, ``runs:/<run_id>`` or a run id."""
+    """The checkpoint dictionary from a file, a folder with ``model.pt``, ``runs:/<run_id>``, a run id or
+    ``models:/<name>/<version>``."""
     text = str(source)
-    if text.startswith("runs:/"):
+    if text.startswith("models:/"):
+        path = _download_registered(text)
+    elif text.startswith("runs:/"):
         run_id = text[len("runs:/"):].strip("/").split("/")[0]
         path = _download_mlflow(run_id)
     elif not Path(text).exists() and _RUN_ID.match(text):
@@ -82,7 +100,12 @@ def load_checkpoint(source: Union[str, os.PathLike], map_location: Any = "cpu") 
         if not path.is_file():
             raise FileNotFoundError(f"load_model: no checkpoint at {path} (expected a file, a folder with "
                                     f"{CHECKPOINT_FILE}, 'runs:/<run_id>' or an MLflow run id)")
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # RuntimeError, EOFError, UnpicklingError...: a damaged or foreign file
+        raise ValueError(f"load_model: {path} is not a readable {FORMAT} checkpoint ({type(exc).__name__}: {exc}); "
+                         f"expected a torch file written by save_checkpoint ({path.stat().st_size} bytes: "
+                         "truncated or overwritten?)") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"load_model: {path} is not a {FORMAT} checkpoint (format: {found!r})")
@@ -97,6 +120,10 @@ def load_model(source: Union[str, os.PathLike], map_location: Any = "cpu") -> nn
     from .models import build_model, upgrade_config
 
     ckpt = load_checkpoint(source, map_location)
-    model = build_model(**upgrade_config(ckpt["config"]))  # option names renamed since it was saved
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model = build_model(**upgrade_config(ckpt["config"]))  # option names renamed since it was saved
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"load_model: {source}: cannot rebuild the model it holds (expected a config that "
+                         f"build_model accepts and weights that fit it; {type(exc).__name__}: {exc})") from exc
     return model.to(map_location) if isinstance(map_location, (str, torch.device)) else model

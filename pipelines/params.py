@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -283,6 +284,8 @@ def _convert(tp, value, path: str, check: str | None = None):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _fail(path, f"expected {adjective or 'a '}float, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):  # `.inf` is "positive", and no setting of ours means infinity or NaN
+            raise _fail(path, f"expected {adjective or 'a '}finite float, got {value!r}")
     elif tp is str:
         if not isinstance(value, str):
             raise _fail(path, f"expected a string, got {value!r}")

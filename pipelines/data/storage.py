@@ -321,11 +321,12 @@ def lock_uri(uri: str) -> str:
 
 
 @contextlib.contextmanager
-def lock(uri: str, poll: float = 1.0) -> Iterator[None]:
+def lock(uri: str, poll: float = 1.0, wait: bool = True) -> Iterator[None]:
     """Hold the write lock of the folder or prefix ``uri`` for the block (re-entrant within one thread).
 
-    A second writer waits (and says once which process it waits for); on S3 a holder on another host is
-    refused with :class:`LockError` naming it, since this host cannot tell whether it still runs.
+    A second writer waits (and says once which process it waits for), or with ``wait=False`` is refused with
+    :class:`LockError` naming the holder; on S3 a holder on another host is always refused, since this host
+    cannot tell whether it still runs.
     """
     key = lock_uri(uri)
     held = _held_locks()
@@ -336,7 +337,7 @@ def lock(uri: str, poll: float = 1.0) -> Iterator[None]:
         finally:
             held[key] -= 1
         return
-    with (_s3_lock(uri, key, poll) if is_s3(uri) else _local_lock(uri, Path(key))):
+    with (_s3_lock(uri, key, poll, wait) if is_s3(uri) else _local_lock(uri, Path(key), wait)):
         held[key] = 1
         try:
             yield
@@ -345,7 +346,7 @@ def lock(uri: str, poll: float = 1.0) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _local_lock(uri: str, path: Path) -> Iterator[None]:
+def _local_lock(uri: str, path: Path, wait: bool = True) -> Iterator[None]:
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -355,6 +356,8 @@ def _local_lock(uri: str, path: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 128, 0).decode(errors="replace").strip() or "a process that has not said"
+            if not wait:
+                raise LockError(f"{uri}: another process holds {path} ({holder}); wait for it to finish")
             print(f"{uri}: waiting for the writer that holds {path} ({holder})", file=sys.stderr, flush=True)
             fcntl.flock(fd, fcntl.LOCK_EX)
         # Who holds it, for the message of the next one to wait; the lock itself is the flock, not this text.
@@ -387,7 +390,7 @@ def _read_lock(key: str) -> dict | None:
 
 
 @contextlib.contextmanager
-def _s3_lock(uri: str, key: str, poll: float) -> Iterator[None]:
+def _s3_lock(uri: str, key: str, poll: float, wait: bool = True) -> Iterator[None]:
     from botocore.exceptions import ClientError
 
     bucket, obj = split_s3(key)
@@ -414,6 +417,8 @@ def _s3_lock(uri: str, key: str, poll: float) -> Iterator[None]:
             print(f"{uri}: taking over {key} from {who}, which no longer runs", file=sys.stderr, flush=True)
             delete(key)
             continue
+        if not wait:
+            raise LockError(f"{uri}: another process holds {key} ({who}); wait for it to finish")
         if not said:
             print(f"{uri}: waiting for the writer that holds {key} ({who})", file=sys.stderr, flush=True)
             said = True

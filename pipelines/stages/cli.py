@@ -29,7 +29,13 @@ def main(argv: list[str] | None = None) -> int:
         if name == chosen:
             importlib.import_module(module).configure(stage_parser)
     args = parser.parse_args(argv)
-    return int(importlib.import_module(STAGES[args.stage][0]).run(args) or 0)
+    from pipelines.tracking import TrackingError
+
+    try:
+        return int(importlib.import_module(STAGES[args.stage][0]).run(args) or 0)
+    except TrackingError as exc:  # an unusable MLflow store: one line naming it, not a driver traceback
+        print(f"cnf {args.stage}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Stage `cnf evaluate`: a trained experiment on its test split (and extra splits) -> metrics JSON + MLflow.
 
-    cnf evaluate EXPERIMENT [--params params.yaml] [--model models/<exp>.pt] [--data DIR]
-                 [--out metrics/eval/<exp>.json] [--train-metrics metrics/train/<exp>.json] [--figures DIR]
+    cnf evaluate EXPERIMENT [--params params.yaml] [--model models/<exp>.pt] [--data-root data/shards]
+                 [--out metrics/eval/<exp>.json] [--train-info runs/<exp>/train_info.json] [--figures DIR]
                  [--sweeps metrics/sweep] [--set k=v ...]
 
 Scores with ``pipelines.evaluation.evaluate_experiment``: bits/dim and the task's paper protocol
@@ -9,7 +9,7 @@ Scores with ``pipelines.evaluation.evaluate_experiment``: bits/dim and the task'
 validation split when ``sweeps.<exp>.select`` is set (recorded as ``temperature_selection``). The experiment's
 ``table`` names must be tables of ``pipelines.reporting.reported``; an unknown one is refused before any work.
 Writes ``--out`` atomically with the ``mlflow_run_id`` of the experiment's training run (read from
-``metrics/train/<exp>.json``) and logs ``eval.<split>.<metric>`` metrics and plots to that run.
+``runs/<exp>/train_info.json``) and logs ``eval.<split>.<metric>`` metrics and plots to a run nested under it.
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     temperature, selection = sampling_temperature(exp, params.sections, args.sweeps)
     model_path = args.model or f"models/{exp.name}.pt"
     out_path = Path(args.out or f"metrics/eval/{exp.name}.json")
-    run_id = train_run_id(args.train_metrics or f"metrics/train/{exp.name}.json")
+    run_id = train_run_id(args.train_metrics or f"runs/{exp.name}/train_info.json")
 
     torch.manual_seed(args.seed)
     model = load_model(model_path)
@@ -89,19 +89,19 @@ def run(args: argparse.Namespace) -> int:
     if run_id:
         from pipelines import tracking
 
-        # open_run returns a new run when the recorded one is gone (e.g. a fresh mlflow.db): log there.
-        run_id = tracking.open_run(tracking.experiment_name(exp.paper, params.mlflow.experiment_prefix), exp.name,
-                                   run_id)
+        # A run nested under the training run; the training run itself when the recorded one is gone.
+        run_id, stage_run = tracking.open_stage_run(tracking.experiment_name(exp.paper, params.mlflow.experiment_prefix),
+                                                    exp.name, "evaluate", run_id)
         payload["mlflow_run_id"] = run_id
-        tracking.log_metrics(run_id, scalar_metrics(results))
-        with tempfile.TemporaryDirectory() as tmp:
-            for path in eval_figures(exp.name, results, args.figures or tmp):
-                tracking.log_artifact(run_id, path, "figures")
-            summary_file = write_json(Path(tmp) / "eval.json", payload)
-            tracking.log_artifact(run_id, summary_file, "eval")
-        tracking.finish_run(run_id)
+        with tracking.closing_run(stage_run):
+            tracking.log_metrics(stage_run, scalar_metrics(results))
+            with tempfile.TemporaryDirectory() as tmp:
+                for path in eval_figures(exp.name, results, args.figures or tmp):
+                    tracking.log_artifact(stage_run, path, "figures")
+                summary_file = write_json(Path(tmp) / "eval.json", payload)
+                tracking.log_artifact(stage_run, summary_file, "eval")
     else:
-        print(f"warning: no mlflow_run_id in {args.train_metrics or f'metrics/train/{exp.name}.json'}; "
+        print(f"warning: no mlflow_run_id in {args.train_metrics or f'runs/{exp.name}/train_info.json'}; "
               "metrics are not tracked", file=sys.stderr)
         if args.figures:
             eval_figures(exp.name, results, args.figures)

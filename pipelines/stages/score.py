@@ -57,10 +57,11 @@ def run(args: argparse.Namespace) -> int:
 
             prefix = load_params(args.params).mlflow.experiment_prefix
         run_id = tracking.open_run(tracking.experiment_name(args.track, prefix), name)
-        tracking.set_tags(run_id, {"stage": "score", "task": args.task, "method": result["method"],
-                                   "split": args.split, "data": str(args.data)})
-        tracking.log_metrics(run_id, finite_scalars(result))
-        tracking.finish_run(run_id)
+        with tracking.closing_run(run_id):
+            tracking.set_tags(run_id, {"stage": "score", "cnf.stage": "score", "task": args.task,
+                                       "method": result["method"], "split": args.split, "data": str(args.data),
+                                       **tracking.source_tags("pipelines/stages/score.py")})
+            tracking.log_metrics(run_id, finite_scalars(result))
         result["mlflow_run_id"] = run_id
     if args.out:
         write_json(args.out, result)

@@ -1,6 +1,6 @@
 """Stage `cnf sweep`: metrics and sample grids of a trained experiment across sampling temperatures.
 
-    cnf sweep EXPERIMENT [--params params.yaml] [--model models/<exp>.pt] [--data DIR]
+    cnf sweep EXPERIMENT [--params params.yaml] [--model models/<exp>.pt] [--data-root data/shards]
               [--out metrics/sweep/<exp>.json] [--figures figures] [--temperatures T,T,...] [--set k=v ...]
 
 For each temperature of ``sweep.temperatures`` (default 0, 0.5, 0.8, 1.0; temperature scales every prior
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
                          f"expected one of {list(task.summary_metrics)}")
     model_path = args.model or f"models/{exp.name}.pt"
     out_path = Path(args.out or f"metrics/sweep/{exp.name}.json")
-    run_id = train_run_id(args.train_metrics or f"metrics/train/{exp.name}.json")
+    run_id = train_run_id(args.train_metrics or f"runs/{exp.name}/train_info.json")
     model = load_model(model_path)
     model.eval()
 
@@ -96,21 +96,21 @@ def run(args: argparse.Namespace) -> int:
     if run_id:
         from pipelines import tracking
 
-        run_id = tracking.open_run(tracking.experiment_name(exp.paper, params.mlflow.experiment_prefix), exp.name,
-                                   run_id)
+        run_id, stage_run = tracking.open_stage_run(tracking.experiment_name(exp.paper, params.mlflow.experiment_prefix),
+                                                    exp.name, "sweep", run_id)
         payload["mlflow_run_id"] = run_id
-        for t, s in results.items():
-            tracking.log_metrics(run_id, {f"sweep.{k}": v for k, v in finite_scalars(s).items()}
-                                 | {"sweep.temperature": t}, step=int(round(100 * t)))
-        for name in payload["test_splits"]:
-            for t, s in by_split[name].items():
-                tracking.log_metrics(run_id, {f"sweep.{name}.{k}": v for k, v in finite_scalars(s).items()},
-                                     step=int(round(100 * t)))
-        if "selection" in payload:
-            tracking.log_metrics(run_id, {"sweep.selected_temperature": payload["selection"]["temperature"]})
-        for p in paths:
-            tracking.log_artifact(run_id, p, "figures")
-        tracking.finish_run(run_id)
+        with tracking.closing_run(stage_run):
+            for t, s in results.items():
+                tracking.log_metrics(stage_run, {f"sweep.{k}": v for k, v in finite_scalars(s).items()}
+                                     | {"sweep.temperature": t}, step=int(round(100 * t)))
+            for name in payload["test_splits"]:
+                for t, s in by_split[name].items():
+                    tracking.log_metrics(stage_run, {f"sweep.{name}.{k}": v for k, v in finite_scalars(s).items()},
+                                         step=int(round(100 * t)))
+            if "selection" in payload:
+                tracking.log_metrics(stage_run, {"sweep.selected_temperature": payload["selection"]["temperature"]})
+            for p in paths:
+                tracking.log_artifact(stage_run, p, "figures")
     else:
         print(f"warning: no mlflow_run_id for {exp.name}; sweep not tracked", file=sys.stderr)
     write_json(out_path, payload)

@@ -2,7 +2,10 @@
 
 Argument parsing and output only: ``pipelines.training.driver.train_experiment`` does the work (resume or
 discard the stored run, MLflow, Ray, fit, artifacts). Writes ``--model-out`` (final flowlib checkpoint),
-``--metrics-out`` (JSON) and MLflow artifacts (``checkpoint/model.pt``, ``config/<exp>.yaml``, ``samples/*.png``).
+``--metrics-out`` (scalar metrics JSON: steps, final train NLL and bits/dim, samples/s, skipped steps),
+``--info-out`` (the run's bookkeeping: MLflow run id, registered model, paths, manifest digest, timings) and
+MLflow artifacts (``checkpoint/model.pt``, the registered ``model``, ``config/<exp>.yaml``, ``samples/*.png``).
+Ctrl-C and SIGTERM stop it with the MLflow run marked KILLED (exit 130); rerunning resumes.
 A stored run is resumed only if it was trained with the same config, dataset and training code
 (``pipelines.training.resume``); ``--fresh`` discards it. The parameters are validated before anything starts,
 so a misspelt key fails here, naming it.
@@ -39,7 +42,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="Ray storage path (folder or s3:// URI); the run lives in <storage>/<experiment>")
     parser.add_argument("--state-dir", help="local folder for the MLflow run id file (default: runs/<experiment>)")
     parser.add_argument("--model-out", help="final checkpoint (default: models/<experiment>.pt)")
-    parser.add_argument("--metrics-out", help="metrics JSON (default: metrics/train/<experiment>.json)")
+    parser.add_argument("--metrics-out", help="scalar metrics JSON (default: metrics/train/<experiment>.json)")
+    parser.add_argument("--info-out", help="run bookkeeping JSON: MLflow run id, paths, timings (default: "
+                                           "<state-dir>/train_info.json, i.e. runs/<experiment>/train_info.json)")
     parser.add_argument("--num-cpus", type=int, default=None,
                         help="CPUs for a local Ray instance (default: what the workers need, at least all cores)")
     parser.add_argument("--fresh", action="store_true",
@@ -68,7 +73,8 @@ def run_paths(args: argparse.Namespace, exp):
         state_dir=Path(_abs(args.state_dir or (Path(storage) / exp.name if "://" not in storage
                                                else Path("runs") / exp.name))),
         model_out=Path(_abs(args.model_out or Path("models") / f"{exp.name}.pt")),
-        metrics_out=Path(_abs(args.metrics_out or Path("metrics") / "train" / f"{exp.name}.json")))
+        metrics_out=Path(_abs(args.metrics_out or Path("metrics") / "train" / f"{exp.name}.json")),
+        info_out=Path(_abs(args.info_out)) if args.info_out else None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,20 +86,29 @@ def run(args: argparse.Namespace) -> int:
     except ParamsError as exc:
         print(f"cnf train: {exc}", file=sys.stderr)
         return 2
+    from pipelines.tracking import TrackingError, terminate_as_interrupt
     from pipelines.training.cluster import RayConnectError
     from pipelines.training.driver import train_experiment
+    from pipelines.data.storage import LockError
     from pipelines.training.faults import crash_from_environment
+    from pipelines.training.worker import FatalTrainingError
 
     exp = params.experiment(args.experiment)
     paths = run_paths(args, exp)
     try:
-        out = train_experiment(exp, params, paths, num_cpus=args.num_cpus, fresh=args.fresh,
-                               samples=not args.no_samples, t_start=t_start, resume_any_code=args.resume_any_code,
-                               crash=crash_from_environment(paths.state_dir))
-    except (FileNotFoundError, RayConnectError) as exc:
+        with terminate_as_interrupt():
+            out = train_experiment(exp, params, paths, num_cpus=args.num_cpus, fresh=args.fresh,
+                                   samples=not args.no_samples, t_start=t_start,
+                                   resume_any_code=args.resume_any_code, crash=crash_from_environment(paths.state_dir))
+    except KeyboardInterrupt as exc:
+        print(f"cnf train {exp.name}: interrupted ({exc or 'Ctrl-C'}); the MLflow run is marked KILLED and the "
+              "last checkpoint is kept: rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (OSError, RayConnectError, TrackingError, LockError, FatalTrainingError) as exc:  # FileNotFoundError, ...
         print(f"cnf train {exp.name}: {exc}", file=sys.stderr)
         return 1
     print(f"[{exp.name}] done: {out['steps']} steps (resumed from {out['resumed_from_step']}), "
           f"train bpd {out['final_train_bpd']}, {out['samples_per_s']} samples/s, start-up {out['startup_s']} s, "
-          f"wall {out['wall_s']} s -> {paths.model_out}, {paths.metrics_out}", flush=True)
+          f"wall {out['wall_s']} s -> {paths.model_out}, {paths.metrics_out}, {paths.info_file}; "
+          f"MLflow model {out['registered_model']}", flush=True)
     return 0

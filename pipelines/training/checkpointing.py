@@ -36,24 +36,49 @@ def set_rng_state(state: dict) -> None:
 @dataclass
 class TrainState:
     """Where a fit stands, besides the weights: ``step`` trained, ``epoch`` of the last batch, the non-finite
-    steps skipped so far, rank 0's RNG state, and ``latest`` train metrics (``train_nll``, ``train_bpd``,
+    steps skipped so far (``nonfinite_run``: consecutively, up to ``step``, so a restart does not reset the
+    divergence limit), rank 0's RNG state, and ``latest`` train metrics (``train_nll``, ``train_bpd``,
     ``samples_per_s``) so a rerun of a finished run reports what it ended with."""
 
     step: int = 0
     epoch: int = 0
     nonfinite_total: int = 0
+    nonfinite_run: int = 0
     rng: dict | None = None
     latest: dict | None = None
     model: dict | None = field(default=None, repr=False)  # state dicts, when read from a checkpoint
     optimizer: dict | None = field(default=None, repr=False)
 
 
+STATE_KEYS = ("model", "optimizer", "step", "epoch")  # what every train_state.pt holds
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or lacks what it must hold; the message names the file."""
+
+
 def read_state(folder: str | Path) -> TrainState:
-    """The ``TrainState`` (with model and optimizer state dicts) in checkpoint folder ``folder``."""
-    raw = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+    """The ``TrainState`` (with model and optimizer state dicts) in checkpoint folder ``folder``.
+
+    A missing, truncated or foreign ``train_state.pt`` raises ``CheckpointError`` naming the file.
+    """
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no train state in this checkpoint folder (expected {STATE_FILE} beside "
+                              f"{MODEL_FILE}, written by Checkpointer.write)")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError... for a damaged file
+        raise CheckpointError(f"{path}: not a readable train state ({type(exc).__name__}: {exc}); expected a "
+                              f"torch file written by Checkpointer.write ({path.stat().st_size} bytes: truncated "
+                              "or overwritten?)") from exc
+    missing = [k for k in STATE_KEYS if not isinstance(raw, dict) or k not in raw]
+    if missing:
+        raise CheckpointError(f"{path}: not a train state: lacks {', '.join(missing)} (expected a dict with "
+                              f"{', '.join(STATE_KEYS)}, written by Checkpointer.write)")
     return TrainState(step=raw["step"], epoch=raw["epoch"], nonfinite_total=raw.get("nonfinite_total", 0),
-                      rng=raw.get("rng"), latest=raw.get("latest"), model=raw["model"],
-                      optimizer=raw["optimizer"])
+                      nonfinite_run=raw.get("nonfinite_run", 0), rng=raw.get("rng"), latest=raw.get("latest"),
+                      model=raw["model"], optimizer=raw["optimizer"])
 
 
 def latest_state() -> TrainState | None:
@@ -115,6 +140,7 @@ class Checkpointer:
         save_checkpoint(folder / MODEL_FILE, self.model, step=state.step, experiment=self.experiment)
         payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": state.step,
                    "epoch": state.epoch, "rng": rng_state(), "nonfinite_total": state.nonfinite_total,
+                   "nonfinite_run": state.nonfinite_run,
                    "world_size": self.world_size, "latest": state.latest}
         with atomic_write(folder / STATE_FILE) as f:
             torch.save(payload, f)
@@ -124,8 +150,12 @@ class Checkpointer:
         if state.model is None or state.optimizer is None:
             raise ValueError(f"{self.experiment}: the train state of step {state.step} holds no weights or "
                              "optimizer state (read it with read_state)")
-        self.model.load_state_dict(state.model)
-        self.optimizer.load_state_dict(state.optimizer)
+        try:
+            self.model.load_state_dict(state.model)
+            self.optimizer.load_state_dict(state.optimizer)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{self.experiment}: the checkpoint of step {state.step} does not fit the model "
+                                  f"this job builds ({type(exc).__name__}: {exc})") from exc
 
     def report(self, metrics: dict, state: TrainState, *, final: bool) -> None:
         """Every rank reports ``metrics``; rank 0 attaches a checkpoint of ``state``. A non-final report then

@@ -11,19 +11,28 @@ code and data never produced. Three fingerprints decide it:
 - ``data_fingerprint``: the manifest's dataset and splits (every shard's sha256 and count), not where the
   release was fetched from;
 - ``code_fingerprint``: the ``*.py`` files of ``TRAINING_CODE``.
+
+A stored run that has trained more steps than ``train.steps`` asks for is not the requested run either (its
+model has more steps than params.yaml and dvc.lock say): it starts fresh. What Ray has committed is read from
+its checkpoint manager snapshot (``stored_checkpoints``); checkpoint folders it never committed (a crash or a
+full disk mid-copy) are removed before a resume (``remove_incomplete_checkpoints``). ``hold_run`` keeps a
+second ``cnf train`` of the same run out while one trains.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from pipelines.io import write_text
 
 RUN_ID_FILE = "mlflow_run_id"
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of the checkpoints it committed
+CHECKPOINT_PREFIX = "checkpoint_"  # Ray's checkpoint folders in <storage>/<experiment>
 FINGERPRINT_FILE = "config_sha256"  # what the checkpoints in <storage>/<experiment> were trained with
 # The code that decides what a checkpoint holds: the models, the training batches (loader, tasks and the data
 # modules they read with) and the loop that steps and checkpoints; not logging, not the driver. Packages, so a
@@ -104,9 +113,11 @@ class ResumeDecision:
 
 
 def decide_resume(stored: Fingerprints | None, current: Fingerprints, *, fresh: bool = False,
-                  resume_any_code: bool = False) -> ResumeDecision:
+                  resume_any_code: bool = False, stored_step: int | None = None,
+                  steps: int | None = None) -> ResumeDecision:
     """Resume the stored run only when it was trained with ``current``'s config, data and (unless
-    ``resume_any_code``) code; ``fresh`` always starts over. Nothing stored: nothing to discard."""
+    ``resume_any_code``) code, for at most ``steps`` steps (``stored_step``: its latest committed checkpoint's);
+    ``fresh`` always starts over. Nothing stored: nothing to discard."""
     if fresh:
         return ResumeDecision(True)
     if stored is None:
@@ -116,7 +127,89 @@ def decide_resume(stored: Fingerprints | None, current: Fingerprints, *, fresh: 
     if stored.code != current.code and not resume_any_code:
         return ResumeDecision(True, f"training code ({', '.join(TRAINING_CODE)}) changed since the stored run: "
                                     "starting fresh (--resume-any-code continues it instead)")
+    if stored_step is not None and steps is not None and stored_step > steps:
+        return ResumeDecision(True, f"the stored run has trained {stored_step} steps, more than train.steps={steps}: "
+                                    f"starting fresh (its model is not a {steps}-step model)")
     return ResumeDecision(False)
+
+
+@dataclass(frozen=True)
+class StoredCheckpoints:
+    """What Ray has committed in a run folder: the checkpoint folder names and the latest one's ``step``
+    (None when nothing was committed)."""
+
+    committed: tuple[str, ...] = ()
+    latest_step: int | None = None
+
+
+def _snapshot(run_dir: str) -> dict | None:
+    from pipelines.data import storage
+
+    uri = storage.join(run_dir, SNAPSHOT_FILE)
+    if not storage.exists(uri):
+        return None
+    try:
+        snapshot = json.loads(storage.get_bytes(uri))
+    except ValueError as exc:
+        raise ValueError(f"{uri}: not Ray Train's checkpoint snapshot (not JSON: {exc}); "
+                         "cnf train --fresh discards the stored run") from None
+    if not isinstance(snapshot, dict):
+        raise ValueError(f"{uri}: not Ray Train's checkpoint snapshot (expected a JSON object); "
+                         "cnf train --fresh discards the stored run")
+    return snapshot
+
+
+def stored_checkpoints(run_dir: str) -> StoredCheckpoints:
+    """The checkpoints Ray committed in ``run_dir`` (local or ``s3://``), from its checkpoint manager snapshot."""
+    snapshot = _snapshot(run_dir)
+    if snapshot is None:
+        return StoredCheckpoints()
+    names = tuple(r.get("checkpoint_dir_name") for r in snapshot.get("checkpoint_results") or ()
+                  if isinstance(r, dict) and r.get("checkpoint_dir_name"))
+    latest = snapshot.get("latest_checkpoint_result") or {}
+    step = (latest.get("metrics") or {}).get("step") if isinstance(latest, dict) else None
+    return StoredCheckpoints(committed=names, latest_step=int(step) if isinstance(step, (int, float)) else None)
+
+
+def remove_incomplete_checkpoints(run_dir: str) -> list[str]:
+    """Delete the checkpoint folders of ``run_dir`` that Ray never committed; returns their names.
+
+    Such a folder is what a crash, a kill or a full disk leaves while a checkpoint is being copied in (often
+    empty): Ray never resumes from it and never deletes it. Call only while no fit uses ``run_dir``
+    (``hold_run``).
+    """
+    from pipelines.data import storage
+
+    committed = set(stored_checkpoints(run_dir).committed)
+    if storage.is_s3(run_dir):
+        prefix = run_dir.rstrip("/")
+        names = storage.list_sizes(prefix, recursive=True)
+        stale = sorted({n.split("/", 1)[0] for n in names if "/" in n and n.startswith(CHECKPOINT_PREFIX)}
+                       - committed)
+        storage.delete_many(storage.join(prefix, n) for n in names if n.split("/", 1)[0] in stale)
+        return stale
+    folder = Path(run_dir)
+    if not folder.is_dir():
+        return []
+    stale = sorted(p.name for p in folder.iterdir()
+                   if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and p.name not in committed)
+    for name in stale:
+        shutil.rmtree(folder / name)
+    return stale
+
+
+@contextlib.contextmanager
+def hold_run(state_dir: Path) -> Iterator[None]:
+    """Hold the run whose state lives in ``state_dir`` for the block: a second ``cnf train`` of the same run
+    (same state folder) is refused with ``pipelines.data.storage.LockError`` naming the holder's pid.
+
+    An ``fcntl`` lock on ``.<state_dir name>.lock`` beside ``state_dir`` (``pipelines.data.storage.lock``), so
+    discarding the run never deletes it, and a killed holder releases it with its last file descriptor.
+    """
+    from pipelines.data import storage
+
+    with storage.lock(str(state_dir), wait=False):
+        yield
 
 
 def discard_run(run_dir: str, state_dir: Path, extra_files: tuple[str, ...] = ()) -> None:

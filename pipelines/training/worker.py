@@ -33,8 +33,28 @@ if TYPE_CHECKING:
 LN2 = math.log(2.0)
 
 
-class NonFiniteError(RuntimeError):
-    """Too many consecutive steps had a non-finite loss or gradient norm."""
+class FatalTrainingError(RuntimeError):
+    """An error that restarting the workers from the last checkpoint cannot fix: a diverged fit, a config error.
+
+    Ray Train 2.60's ``FailureConfig`` retries every worker error (``DefaultFailurePolicy`` treats each
+    ``WorkerGroupError`` as retryable), and a retry of these only repeats them (a divergence even "finishes":
+    the restored counter starts at 0). So the loop does not raise them: every rank returns ``{FATAL_KEY:
+    message}`` from ``train_loop_per_worker``, Ray ends the run without a retry and without a new checkpoint,
+    and the driver raises ``raise_if_fatal(result)`` (rank 0's return value is ``Result.return_value``).
+    """
+
+
+class NonFiniteError(FatalTrainingError):
+    """Too many consecutive steps had a non-finite loss or gradient norm: the fit diverged."""
+
+
+class WorkerConfigError(FatalTrainingError):
+    """The job cannot be set up on a worker (model options, loader options): a config error."""
+
+
+FATAL_KEY = "fatal_error"  # in the return value of train_loop_per_worker
+# Setup errors that a restart cannot fix: the model or the loader refusing the job's options.
+CONFIG_ERRORS = (ValueError, TypeError, KeyError)
 
 
 class NLLObjective(nn.Module):
@@ -126,12 +146,14 @@ def train_loader(exp: "ExperimentParams", data_dir: str, *, rank: int = 0, world
 class TrainMeter:
     """What this rank has trained: throughput (overall, and per window between log lines) and non-finite steps.
 
-    ``update`` raises ``NonFiniteError`` after ``max_nonfinite`` consecutive skipped steps.
+    ``update`` raises ``NonFiniteError`` after ``max_nonfinite`` consecutive skipped steps; ``nonfinite_run``
+    (the skipped steps just before a resumed checkpoint) continues a run of them across a restart.
     """
 
-    def __init__(self, name: str, *, world_size: int = 1, max_nonfinite: int = 20, nonfinite_total: int = 0):
+    def __init__(self, name: str, *, world_size: int = 1, max_nonfinite: int = 20, nonfinite_total: int = 0,
+                 nonfinite_run: int = 0):
         self.name, self.world_size, self.max_nonfinite = name, world_size, max_nonfinite
-        self.nonfinite_total, self.nonfinite_run = nonfinite_total, 0
+        self.nonfinite_total, self.nonfinite_run = nonfinite_total, nonfinite_run
         self.last: StepResult | None = None
         self.samples = 0
         self.t_first: float | None = None
@@ -155,10 +177,11 @@ class TrainMeter:
         self.nonfinite_run += 1
         self.nonfinite_total += 1
         if self.nonfinite_run >= self.max_nonfinite:
+            first = step - self.nonfinite_run + 1
             raise NonFiniteError(
-                f"{self.name}: {self.nonfinite_run} consecutive steps with a non-finite loss or gradient norm "
-                f"(last at step {step}, loss={result.loss}, grad_norm={result.grad_norm}); lower train.lr, "
-                f"set train.grad_clip, or raise train.max_nonfinite")
+                f"{self.name}: training diverged at step {first}: {self.nonfinite_run} consecutive steps with a "
+                f"non-finite loss or gradient norm (steps {first}-{step}; last at step {step}, loss={result.loss}, "
+                f"grad_norm={result.grad_norm}); lower train.lr, set train.grad_clip, or raise train.max_nonfinite")
 
     def window_rate(self) -> float:
         """Global samples/s since the previous call (or the meter's creation); starts the next window."""
@@ -210,15 +233,26 @@ def build_for_batch(job: TrainJob, y: torch.Tensor, x: torch.Tensor, *, initiali
     return model
 
 
-def _log_step(job: TrainJob, meter: TrainMeter, step: int, lr: float) -> None:
-    """Rank 0's progress line and MLflow metrics at ``step``."""
+def last_logged_step(run_id: str, key: str = "train_nll") -> int:
+    """The last step of ``key`` in MLflow run ``run_id`` (0 when none), from ``$MLFLOW_TRACKING_URI``."""
+    from mlflow import MlflowClient
+
+    return max((m.step for m in MlflowClient().get_metric_history(run_id, key)), default=0)
+
+
+def _log_step(job: TrainJob, meter: TrainMeter, step: int, lr: float, logged_until: int = 0) -> None:
+    """Rank 0's progress line and MLflow metrics at ``step``; MLflow only past ``logged_until``.
+
+    A resumed fit replays the steps between its checkpoint and the crash, which the crashed attempt already
+    logged; MLflow cannot delete metric rows, so they are not logged again (curves stay single-valued).
+    """
     exp, last = job.experiment, meter.last
     rate = meter.window_rate()
     eta = (exp.train.steps - step) * exp.train.batch_size / max(rate, 1e-9)
     skipped = f" skipped {meter.nonfinite_total}" if meter.nonfinite_total else ""
     print(f"[{exp.name}] step {step}/{exp.train.steps} loss {last.loss:.4f} bpd {last.bpd:.4f} "
           f"grad_norm {last.grad_norm:.3g} samples/s {rate:.1f} ETA {format_eta(eta)}{skipped}", flush=True)
-    if job.mlflow_run_id:
+    if job.mlflow_run_id and step > logged_until:
         from pipelines import tracking
 
         tracking.log_metrics(job.mlflow_run_id, {
@@ -234,12 +268,71 @@ def _report(checkpointer: Checkpointer, meter: TrainMeter, start: TrainState, st
     metrics = {"step": step, "epoch": epoch, "resumed_from_step": start.step, **latest,
                "nonfinite_skipped": meter.nonfinite_total, "first_step_unix": meter.first_step_unix or 0.0,
                "final": final}
-    state = TrainState(step=step, epoch=epoch, nonfinite_total=meter.nonfinite_total, latest=latest)
+    state = TrainState(step=step, epoch=epoch, nonfinite_total=meter.nonfinite_total,
+                       nonfinite_run=meter.nonfinite_run, latest=latest)
     checkpointer.report(metrics, state, final=final)
 
 
+def agree_on_error(error: str | None, world_size: int) -> str | None:
+    """The first rank's error message (None when every rank has none), the same on every rank.
+
+    A rank that stops alone would leave the others waiting in a collective; with the error agreed, every rank
+    stops the same way. One ``all_gather_object`` under DDP; nothing to agree on with one rank.
+    """
+    if world_size == 1 or not (dist.is_available() and dist.is_initialized()):
+        return error
+    errors: list = [None] * world_size
+    dist.all_gather_object(errors, error)
+    return next((e for e in errors if e), None)
+
+
+def fatal_result(exc: FatalTrainingError, step: int) -> dict:
+    """What ``train_loop_per_worker`` returns instead of raising ``exc`` at ``step`` (see ``FatalTrainingError``)."""
+    return {FATAL_KEY: str(exc), "error_type": type(exc).__name__, "step": step}
+
+
+def raise_if_fatal(result, experiment: str):
+    """``result`` (Ray's ``Result``) unchanged, or the ``FatalTrainingError`` its workers returned."""
+    value = getattr(result, "return_value", None)
+    if isinstance(value, Mapping) and value.get(FATAL_KEY):
+        cls = {c.__name__: c for c in (NonFiniteError, WorkerConfigError)}.get(value.get("error_type"),
+                                                                              FatalTrainingError)
+        raise cls(f"{value[FATAL_KEY]} (not retried: a restart from the last checkpoint cannot fix it; the last "
+                  f"good checkpoint stays in the run folder, no model was exported)")
+    return result
+
+
+def _set_up(job: TrainJob, state: TrainState | None, rank: int, world_size: int, device: torch.device):
+    """The batch stream, first batch and model of this rank; the job's config errors as ``WorkerConfigError``,
+    agreed by every rank."""
+    import ray.train.torch
+
+    exp = job.experiment
+    error, out = None, None
+    try:
+        stream = batches(train_loader(exp, job.data_dir, rank=rank, world_size=world_size,
+                                      epoch=state.epoch + 1 if state else 0, manifest=job.manifest))
+        epoch, batch = next(stream)
+        y0, x0 = _to_device(batch, device)
+        model = build_for_batch(job, y0, x0, initialise=state is None).to(device)
+        out = stream, epoch, batch, model, int(model.num_dims(y0))
+    except CONFIG_ERRORS as exc:
+        error = f"{exp.name}: rank {rank} cannot set up the job ({type(exc).__name__}: {exc})"
+    error = agree_on_error(error, world_size)
+    if error:
+        raise WorkerConfigError(error)
+    stream, epoch, batch, model, num_dims = out
+    objective = NLLObjective(model)
+    if world_size > 1:
+        objective = ray.train.torch.prepare_model(objective, move_to_device=False)
+    return stream, epoch, batch, model, objective, num_dims
+
+
 def train_loop_per_worker(config: dict) -> dict:
-    """Ray Train entry point: one rank of the data-parallel fit of ``config["job"]`` (a ``TrainJob``)."""
+    """Ray Train entry point: one rank of the data-parallel fit of ``config["job"]`` (a ``TrainJob``).
+
+    Returns ``{"step", "resumed_from_step"}``, or ``fatal_result`` for a ``FatalTrainingError`` (not retried).
+    """
     import ray.train
     import ray.train.torch
 
@@ -259,41 +352,40 @@ def train_loop_per_worker(config: dict) -> dict:
     seed_everything(train.seed * 1_000_003 + rank * 7919 + start.step)
     if state and rank == 0 and state.rng is not None:
         set_rng_state(state.rng)
-
-    stream = batches(train_loader(exp, job.data_dir, rank=rank, world_size=world_size,
-                                  epoch=start.epoch + 1 if state else 0, manifest=job.manifest))
-    epoch, batch = next(stream)
-    y0, x0 = _to_device(batch, device)
-    model = build_for_batch(job, y0, x0, initialise=state is None).to(device)
-    num_dims = int(model.num_dims(y0))
-    objective = NLLObjective(model)
-    if world_size > 1:
-        objective = ray.train.torch.prepare_model(objective, move_to_device=False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, betas=tuple(train.betas))
-    checkpointer = Checkpointer(model, optimizer, experiment=exp.name, rank=rank, world_size=world_size)
-    if state:
-        checkpointer.restore(state)
-    amp_dtype = torch.bfloat16 if (exp.scaling.mixed_precision and device.type == "cuda") else None
-    meter = TrainMeter(exp.name, world_size=world_size, max_nonfinite=train.max_nonfinite,
-                       nonfinite_total=start.nonfinite_total)
+    # What an earlier attempt of this run already logged (a crash after the checkpoint replays those steps).
+    logged_until = last_logged_step(job.mlflow_run_id) if (rank == 0 and job.mlflow_run_id and state) else 0
 
     step = start.step
-    while step < train.steps:
-        if job.crash is not None:
-            job.crash.maybe_crash(step, rank, world_size)
-        meter.start()
-        y, x = _to_device(batch, device)
-        lr = lr_at(step, train.lr, train.warmup_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        result = train_step(objective, optimizer, y, x, num_dims, train.grad_clip, amp_dtype)
-        step += 1
-        meter.update(result, y.shape[0], step)
-        if rank == 0 and (step % train.log_every == 0 or step == train.steps):
-            _log_step(job, meter, step, lr)
-        if step < train.steps and step % train.checkpoint_every == 0:
-            _report(checkpointer, meter, start, step, epoch, final=False)
-        if step < train.steps:
-            epoch, batch = next(stream)
+    try:
+        stream, epoch, batch, model, objective, num_dims = _set_up(job, state, rank, world_size, device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, betas=tuple(train.betas))
+        checkpointer = Checkpointer(model, optimizer, experiment=exp.name, rank=rank, world_size=world_size)
+        if state:
+            checkpointer.restore(state)
+        amp_dtype = torch.bfloat16 if (exp.scaling.mixed_precision and device.type == "cuda") else None
+        meter = TrainMeter(exp.name, world_size=world_size, max_nonfinite=train.max_nonfinite,
+                           nonfinite_total=start.nonfinite_total, nonfinite_run=start.nonfinite_run)
+
+        while step < train.steps:
+            if job.crash is not None:
+                job.crash.maybe_crash(step, rank, world_size)
+            meter.start()
+            y, x = _to_device(batch, device)
+            lr = lr_at(step, train.lr, train.warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            result = train_step(objective, optimizer, y, x, num_dims, train.grad_clip, amp_dtype)
+            step += 1
+            meter.update(result, y.shape[0], step)  # the finiteness is agreed, so every rank raises alike
+            if rank == 0 and (step % train.log_every == 0 or step == train.steps):
+                _log_step(job, meter, step, lr, logged_until)
+            if step < train.steps and step % train.checkpoint_every == 0:
+                _report(checkpointer, meter, start, step, epoch, final=False)
+            if step < train.steps:
+                epoch, batch = next(stream)
+    except FatalTrainingError as exc:
+        if rank == 0:
+            print(f"[{exp.name}] {exc}", flush=True)
+        return fatal_result(exc, step)
     _report(checkpointer, meter, start, step, epoch, final=True)
     return {"step": step, "resumed_from_step": start.step}

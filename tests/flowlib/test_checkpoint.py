@@ -75,6 +75,27 @@ def test_bad_sources_name_what_was_expected(tmp_path):
         save_checkpoint(tmp_path / "x.pt", torch.nn.Linear(2, 2))
 
 
+def test_a_damaged_checkpoint_names_the_file_and_what_was_expected(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"not a torch file at all")
+    with pytest.raises(ValueError, match=rf"load_model: {path} is not a readable flowlib/1 checkpoint"):
+        load_model(path)
+    torch.manual_seed(0)
+    model = build_model("cnf", "binary", (1, 8, 8), (3, 8, 8), levels=1, steps=1, hidden=4, encoder="vgg",
+                        encoder_options={"width": 2})
+    save_checkpoint(path, model)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])  # truncated, e.g. by a full disk outside save_checkpoint
+    with pytest.raises(ValueError, match=rf"load_model: {path} is not a readable .*truncated or overwritten"):
+        load_model(path)
+    save_checkpoint(path, model)
+    ckpt = load_checkpoint(path)
+    ckpt["state_dict"] = {k: v[..., :1] if v.ndim else v for k, v in ckpt["state_dict"].items()}
+    torch.save(ckpt, path)
+    with pytest.raises(ValueError, match=rf"load_model: {path}: cannot rebuild the model it holds"):
+        load_model(path)
+
+
 def test_load_from_an_mlflow_run(tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

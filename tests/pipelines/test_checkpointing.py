@@ -10,8 +10,8 @@ import torch
 
 from flowlib.checkpoint import load_model
 from flowlib.models import build_model
-from pipelines.training.checkpointing import (MODEL_FILE, STATE_FILE, Checkpointer, TrainState, read_state,
-                                              set_rng_state)
+from pipelines.training.checkpointing import (MODEL_FILE, STATE_FILE, CheckpointError, Checkpointer, TrainState,
+                                              read_state, set_rng_state)
 
 
 def tiny():
@@ -31,14 +31,15 @@ def test_write_read_restore_round_trip(tmp_path):
     model, opt = tiny()
     random.seed(3)
     np.random.seed(3)
-    state = TrainState(step=12, epoch=2, nonfinite_total=1, latest={"train_nll": 1.5, "train_bpd": 0.2,
+    state = TrainState(step=12, epoch=2, nonfinite_total=1, nonfinite_run=1, latest={"train_nll": 1.5, "train_bpd": 0.2,
                                                                      "samples_per_s": 9.0})
     Checkpointer(model, opt, experiment="e", world_size=2).write(tmp_path, state)
     assert {p.name for p in tmp_path.iterdir()} == {MODEL_FILE, STATE_FILE}
     draws = (random.random(), np.random.rand(), torch.rand(1))
 
     read = read_state(tmp_path)
-    assert (read.step, read.epoch, read.nonfinite_total, read.latest) == (12, 2, 1, state.latest)
+    assert (read.step, read.epoch, read.nonfinite_total, read.nonfinite_run, read.latest) == (12, 2, 1, 1,
+                                                                                              state.latest)
     other = build_model(**model.config)
     other_opt = torch.optim.Adam(other.parameters(), lr=1e-2)
     Checkpointer(other, other_opt, experiment="e").restore(read)
@@ -74,3 +75,27 @@ def test_every_rank_reports_rank_0_attaches_the_checkpoint_and_waits_for_the_com
     files = [MODEL_FILE, STATE_FILE] if rank == 0 else None
     assert calls == [("report", 4, files)] + ([] if final else [("commit",)])
     assert ("checkpoint at step 4 committed" in capsys.readouterr().out) == (rank == 0 and not final)
+
+
+def test_a_damaged_train_state_names_the_file_and_what_was_expected(tmp_path):
+    model, opt = tiny()
+    with pytest.raises(CheckpointError, match=f"{tmp_path / STATE_FILE}: no train state"):
+        read_state(tmp_path)
+    Checkpointer(model, opt, experiment="e").write(tmp_path, TrainState(step=3))
+    path = tmp_path / STATE_FILE
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # a copy cut short
+    with pytest.raises(CheckpointError, match=rf"{path}: not a readable train state .*truncated"):
+        read_state(tmp_path)
+    path.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=rf"{path}: not a readable train state"):
+        read_state(tmp_path)
+    torch.save({"step": 3}, path)
+    with pytest.raises(CheckpointError, match=rf"{path}: not a train state: lacks model, optimizer, epoch"):
+        read_state(tmp_path)
+    other, other_opt = build_model("cnf", "binary", (1, 8, 8), (3, 8, 8), levels=1, steps=1, hidden=6,
+                                   encoder="vgg", encoder_options={"width": 2}), None
+    other_opt = torch.optim.Adam(other.parameters())
+    Checkpointer(model, opt, experiment="e").write(tmp_path, TrainState(step=3))
+    with pytest.raises(CheckpointError, match="e: the checkpoint of step 3 does not fit the model"):
+        Checkpointer(other, other_opt, experiment="e").restore(read_state(tmp_path))

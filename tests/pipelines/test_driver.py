@@ -57,6 +57,9 @@ def test_a_stored_run_is_kept_for_the_same_config_and_discarded_for_another(tmp_
     prepare_stored_run("e", exp, dataset, where)
     assert (where.state_dir / FINGERPRINT_FILE).is_file()
     (run_dir / "checkpoint_000000").mkdir(parents=True)
+    (run_dir / "checkpoint_manager_snapshot.json").write_text(json.dumps(  # Ray committed it (test_resume.py)
+        {"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_000000", "metrics": {"step": 4}}],
+         "latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_000000", "metrics": {"step": 4}}}))
     (where.state_dir / RUN_ID_FILE).write_text("0" * 32)
 
     prepare_stored_run("e", exp, dataset, where)  # same config, data and code: resumed
@@ -68,6 +71,8 @@ def test_a_stored_run_is_kept_for_the_same_config_and_discarded_for_another(tmp_
     assert not (run_dir / "checkpoint_000000").exists() and not (where.state_dir / RUN_ID_FILE).exists()
     assert "[e] configuration or dataset changed since the stored run: starting fresh" in capsys.readouterr().out
     (run_dir / "checkpoint_000000").mkdir(parents=True)
+    (run_dir / "checkpoint_manager_snapshot.json").write_text(json.dumps(
+        {"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_000000", "metrics": {"step": 4}}]}))
     prepare_stored_run("e", changed, dataset, where)  # the new config is what the stored run now holds
     assert (run_dir / "checkpoint_000000").is_dir()
     prepare_stored_run("e", changed, dataset, where, fresh=True)

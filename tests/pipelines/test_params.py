@@ -199,3 +199,27 @@ def test_typed_experiments_pickle_for_the_ray_workers():
     for path in ("params.yaml", "params-paper.yaml"):
         for exp in load_params(ROOT / path).experiments.values():
             assert pickle.loads(pickle.dumps(exp)) == exp
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "inf"])
+def test_non_finite_values_are_refused(value):
+    """`.inf` is "positive" and `.nan` compares false: neither may reach training (a diverged fit at once)."""
+    with pytest.raises(ParamsError) as err:
+        parse_params(minimal(), [f"train.lr={value}"], "drive_cnf")
+    assert "experiments.drive_cnf.train.lr: expected a positive" in str(err.value)
+    raw = minimal()
+    raw["experiments"]["drive_cnf"]["eval"] = {"temperature": yaml.safe_load(value)}
+    with pytest.raises(ParamsError, match="experiments.drive_cnf.eval.temperature: expected a non-negative"):
+        parse_params(raw)
+
+
+def test_a_bad_value_in_defaults_train_is_blamed_on_defaults_not_on_the_first_experiment():
+    raw = minimal()
+    raw["experiments"]["other"] = {**raw["experiments"]["drive_cnf"], "train": {"steps": 3}}
+    raw["experiments"] = {"other": raw["experiments"]["other"], **raw["experiments"]}
+    del raw["experiments"]["drive_cnf"]["train"]
+    raw["defaults"]["train"]["lr"] = -1e-3
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw, ["train.steps=3"], "drive_cnf")
+    assert err.value.key == "defaults.train.lr"
+    assert str(err.value).startswith("defaults.train.lr: expected a positive float, got -0.001")

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from pipelines.params import parse_params
-from pipelines.training.resume import (FINGERPRINT_FILE, RUN_ID_FILE, TRAINING_CODE, Fingerprints, code_fingerprint,
-                                       config_fingerprint, data_fingerprint, decide_resume, discard_run, read_run_id,
-                                       write_run_id)
+from pipelines.training.resume import (FINGERPRINT_FILE, RUN_ID_FILE, SNAPSHOT_FILE, TRAINING_CODE, Fingerprints,
+                                       StoredCheckpoints, code_fingerprint, config_fingerprint, data_fingerprint,
+                                       decide_resume, discard_run, hold_run, read_run_id,
+                                       remove_incomplete_checkpoints, stored_checkpoints, write_run_id)
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = {"dataset": "drive", "source": "demo", "format": "cnf-shards/2",
@@ -132,3 +133,70 @@ def test_discard_run_on_s3(tmp_path, s3_bucket):
     assert storage.list_sizes(prefix, recursive=True) == {}
     assert storage.list_sizes(f"s3://{s3_bucket}/runs/e2", recursive=True) == {"checkpoint_manager.json": 4}
     assert read_run_id(tmp_path) is None
+
+
+def snapshot(run_dir: Path, *steps_and_names) -> None:
+    """Ray Train 2.60's checkpoint manager snapshot (the fields we read) for checkpoints ``(step, name)``."""
+    import json
+
+    results = [{"version": 0, "checkpoint_dir_name": name, "metrics": {"step": step, "final": False}}
+               for step, name in steps_and_names]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / SNAPSHOT_FILE).write_text(json.dumps({
+        "ray_version": "2.60.0", "checkpoint_results": results, "latest_checkpoint_result": results[-1],
+        "pending_training_results": [], "current_report_index": len(results) + 1}))
+
+
+def test_a_stored_run_past_the_requested_steps_starts_fresh(tmp_path):
+    current = Fingerprints("c", "k")
+    assert stored_checkpoints(tmp_path / "none") == StoredCheckpoints()
+    snapshot(tmp_path, (4, "checkpoint_a"), (8, "checkpoint_b"))
+    stored = stored_checkpoints(tmp_path)
+    assert stored == StoredCheckpoints(committed=("checkpoint_a", "checkpoint_b"), latest_step=8)
+    decision = decide_resume(current, current, stored_step=stored.latest_step, steps=5)
+    assert decision.fresh and "trained 8 steps, more than train.steps=5: starting fresh" in decision.reason
+    for steps in (8, 12):  # the same run finished, or continued for more steps
+        assert not decide_resume(current, current, stored_step=8, steps=steps).fresh
+    assert not decide_resume(current, current, stored_step=None, steps=5).fresh  # nothing committed yet
+    (tmp_path / SNAPSHOT_FILE).write_text("{truncated")
+    with pytest.raises(ValueError, match=f"{tmp_path / SNAPSHOT_FILE}: not Ray Train's checkpoint snapshot"):
+        stored_checkpoints(str(tmp_path))
+
+
+def test_checkpoint_folders_ray_never_committed_are_removed(tmp_path):
+    run = tmp_path / "run"
+    snapshot(run, (4, "checkpoint_a"), (8, "checkpoint_b"))
+    for name in ("checkpoint_a", "checkpoint_b", "checkpoint_c", "checkpoint_d"):
+        (run / name).mkdir()
+    (run / "checkpoint_a" / "model.pt").write_bytes(b"x")
+    (run / "checkpoint_c" / "model.pt").write_bytes(b"")  # a full disk cut this copy short
+    (run / "other").mkdir()
+    assert remove_incomplete_checkpoints(str(run)) == ["checkpoint_c", "checkpoint_d"]
+    assert sorted(p.name for p in run.iterdir()) == sorted(["checkpoint_a", "checkpoint_b", "other", SNAPSHOT_FILE])
+    assert remove_incomplete_checkpoints(str(run)) == []
+    (run / SNAPSHOT_FILE).unlink()  # killed before the first commit: nothing is resumable
+    assert remove_incomplete_checkpoints(str(run)) == ["checkpoint_a", "checkpoint_b"]
+    assert remove_incomplete_checkpoints(str(tmp_path / "missing")) == []
+
+
+def test_a_second_holder_of_a_run_is_refused_naming_the_first(tmp_path):
+    import subprocess
+    import sys
+
+    from pipelines.data.storage import LockError
+
+    state = tmp_path / "runs" / "e"
+    code = ("import sys, time; from pathlib import Path; from pipelines.training.resume import hold_run\n"
+            "with hold_run(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(state)], stdout=subprocess.PIPE, text=True,
+                              cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockError, match=rf"another process holds .*\.e\.lock \(pid {holder.pid} on "):
+            with hold_run(state):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with hold_run(state):  # released with the holder's last descriptor, even by SIGKILL
+        pass

@@ -35,7 +35,7 @@ def shards(tmp_path_factory):
 
 
 def cnf_train(tmp: Path, shards: Path, *sets: str, tracking: str | None = None, popen: bool = False,
-              env_extra: dict | None = None):
+              env_extra: dict | None = None, check: bool = True):
     env = os.environ.copy() | (env_extra or {})
     env["MLFLOW_TRACKING_URI"] = tracking or f"sqlite:///{tmp / 'mlflow.db'}"
     env.pop("RAY_ADDRESS", None)
@@ -48,8 +48,15 @@ def cnf_train(tmp: Path, shards: Path, *sets: str, tracking: str | None = None, 
         return subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=400)
+    if not check:
+        return proc
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
-    return json.loads((tmp / "metrics" / f"{EXP}.json").read_text()), proc.stdout + proc.stderr
+    metrics = json.loads((tmp / "metrics" / f"{EXP}.json").read_text())
+    # The metrics file holds scalar numbers only (what `dvc metrics diff` compares); the bookkeeping (run id,
+    # paths, timings) is the state folder's train_info.json.
+    assert all(isinstance(v, (int, float)) or v is None for v in metrics.values()), metrics
+    info = json.loads((tmp / "runs" / EXP / "train_info.json").read_text())
+    return {**info, **metrics}, proc.stdout + proc.stderr
 
 
 def client(tracking):
@@ -61,6 +68,8 @@ def client(tracking):
 @pytest.mark.slow
 def test_two_worker_run_lowers_loss_and_tracks_to_a_real_mlflow_server_with_s3_artifacts(
         tmp_path, shards, s3_server, s3_bucket):
+    from flowlib.checkpoint import load_model
+
     port = free_port()
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server = subprocess.Popen(
@@ -84,6 +93,23 @@ def test_two_worker_run_lowers_loss_and_tracks_to_a_real_mlflow_server_with_s3_a
         history = [m.value for m in sorted(c.get_metric_history(run.info.run_id, "train_nll"), key=lambda m: m.step)]
         assert len(history) >= 4 and min(history[-2:]) < history[0], history
         assert "checkpoint/model.pt" in {a.path for a in c.list_artifacts(run.info.run_id, "checkpoint")}
+        # What an auditor looks for: the source (git commit), the dataset input, system metrics, a registered
+        # model in MLflow's format that flowlib loads back, and the model-training view of the experiment.
+        assert run.data.tags["mlflow.source.name"] == "pipelines/stages/train.py"
+        assert len(run.data.tags["mlflow.source.git.commit"]) == 40
+        assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["drive"]
+        assert any(k.startswith("system/") for k in run.data.metrics), sorted(run.data.metrics)
+        assert c.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+        assert metrics["registered_model"] == f"models:/{EXP}/1"
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        try:
+            import torch
+
+            model = load_model(metrics["registered_model"]).eval()
+            x = torch.rand(1, *model.config["x_shape"])
+            assert model.predict(x, n_samples=1)["prediction"].shape[-2:] == x.shape[-2:]
+        finally:
+            os.environ.pop("MLFLOW_TRACKING_URI")
         assert any(a.path.endswith(".png") for a in c.list_artifacts(run.info.run_id, "samples")), log[-3000:]
         # Artifacts went through the server into the S3 bucket, not to a local folder.
         import boto3
@@ -94,8 +120,6 @@ def test_two_worker_run_lowers_loss_and_tracks_to_a_real_mlflow_server_with_s3_a
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
     # The final checkpoint loads through the flowlib contract.
-    from flowlib.checkpoint import load_model
-
     load_model(str(tmp_path / "models" / f"{EXP}.pt"))
 
 
@@ -152,8 +176,11 @@ def test_driver_sigkill_then_rerun_resumes_same_step_counter_and_mlflow_run(tmp_
     c = client(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert c.get_run(first_run_id).info.status == "FINISHED"
     # One step counter across both processes: the rerun logged the steps after the resume into the same run.
-    logged = {m.step for m in c.get_metric_history(first_run_id, "train_nll")}
+    steps_logged = [m.step for m in c.get_metric_history(first_run_id, "train_nll")]
+    logged = set(steps_logged)
     assert target in logged and seen in logged, sorted(logged)
+    # The steps the rerun replayed (from its checkpoint up to the kill) were logged once, not twice.
+    assert len(steps_logged) == len(logged), sorted(steps_logged)
 
     # Rerunning a finished run with the same config, data and code (`dvc repro` after, say, an evaluation-only
     # change) trains nothing and reports what the run ended with, instead of losing the final figures.
@@ -161,6 +188,13 @@ def test_driver_sigkill_then_rerun_resumes_same_step_counter_and_mlflow_run(tmp_
     assert again["resumed_from_step"] == target and again["mlflow_run_id"] == first_run_id
     assert again["final_train_bpd"] == pytest.approx(metrics["final_train_bpd"])
     assert again["samples_per_s"] == pytest.approx(metrics["samples_per_s"])
+
+    # A stored run past the requested steps is not the requested run: fewer steps start fresh, in a new MLflow
+    # run, instead of exporting the longer run's model under params that say otherwise.
+    lower, log = cnf_train(tmp_path, shards, f"train.steps={target - 4}", "train.checkpoint_every=4")
+    assert f"trained {target} steps, more than train.steps={target - 4}: starting fresh" in log, log[-3000:]
+    assert lower["resumed_from_step"] == 0 and lower["steps"] == target - 4
+    assert lower["mlflow_run_id"] != first_run_id
 
     # Other shards (the same samples re-fetched two per tar) are other data: the stored run is stale, so the
     # rerun starts fresh, in a new MLflow run, instead of reporting a model these shards never trained.
@@ -182,6 +216,23 @@ def test_killed_worker_is_restarted_from_the_last_checkpoint(tmp_path, shards):
     assert (tmp_path / "runs" / EXP / MARKER_FILE).exists()
     assert "simulated worker crash at step 5" in log, log[-4000:]
     assert metrics["steps"] == 10 and metrics["resumed_from_step"] == 3, log[-4000:]
+
+
+@pytest.mark.slow
+def test_a_diverged_run_fails_at_once_and_keeps_the_last_good_model(tmp_path, shards):
+    model = tmp_path / "models" / f"{EXP}.pt"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"the last good model")
+    proc = cnf_train(tmp_path, shards, "train.lr=1e6", "train.grad_clip=null", "train.steps=40",
+                     "train.checkpoint_every=2", "train.max_nonfinite=3", "scaling.max_failures=2", check=False)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 1, log[-5000:]
+    assert f"cnf train {EXP}: {EXP}: training diverged at step " in proc.stderr, log[-5000:]
+    assert "(not retried" in proc.stderr and "[FailurePolicy] RETRY" not in log, log[-5000:]
+    assert log.count("Attempting to start training worker group") == 1, log[-5000:]  # one attempt, no restart
+    assert model.read_bytes() == b"the last good model" and not (tmp_path / "metrics" / f"{EXP}.json").exists()
+    run_id = (tmp_path / "runs" / EXP / "mlflow_run_id").read_text().strip()
+    assert client(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id).info.status == "FAILED"
 
 
 def test_a_misspelt_model_key_is_refused_before_ray_starts(tmp_path, monkeypatch, capsys):
@@ -209,3 +260,36 @@ def test_a_misspelt_model_key_is_refused_before_ray_starts(tmp_path, monkeypatch
            "hidden, encoder," in err
     assert time.monotonic() - t0 < 10
     assert not any(tmp_path.glob("runs")) and not (tmp_path / "mlflow.db").exists()  # nothing was started
+
+
+@pytest.mark.slow
+def test_training_twice_gives_bit_identical_weights_and_the_same_metrics_and_evaluation(tmp_path, shards):
+    """Reproducibility (issue 14): the same experiment trained twice in fresh, separate folders and stores gives
+    the same weights bit for bit, the same scientific metrics (timings excepted) and the same evaluation."""
+    import torch
+
+    from pipelines.training.driver import TIMING_KEYS
+
+    runs = []
+    for name in ("a", "b"):
+        tmp = tmp_path / name
+        tmp.mkdir()
+        metrics, _ = cnf_train(tmp, shards, "train.steps=6", "train.checkpoint_every=3")
+        proc = subprocess.run(
+            [CNF, "evaluate", EXP, "--params", str(ROOT / "params.yaml"), "--data-root", str(shards.parent),
+             "--model", str(tmp / "models" / f"{EXP}.pt"), "--train-info", str(tmp / "runs" / EXP / "train_info.json"),
+             "--sweeps", str(tmp / "no-sweeps"), "--out", str(tmp / "eval.json"), "--set", "eval.n_samples=2",
+             *[a for s in TINY for a in ("--set", s)]],
+            cwd=tmp, env=os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"},
+            capture_output=True, text=True, timeout=400)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        runs.append((metrics, torch.load(tmp / "models" / f"{EXP}.pt", map_location="cpu", weights_only=False),
+                     json.loads((tmp / "eval.json").read_text())))
+    (m1, c1, e1), (m2, c2, e2) = runs
+    science = json.loads((tmp_path / "a" / "metrics" / f"{EXP}.json").read_text()).keys() - set(TIMING_KEYS)
+    assert {k: m1[k] for k in science} == {k: m2[k] for k in science}
+    assert c1["state_dict"].keys() == c2["state_dict"].keys()
+    for key, value in c1["state_dict"].items():
+        assert torch.equal(value, c2["state_dict"][key]), key
+    assert e1["mlflow_run_id"] != e2["mlflow_run_id"]  # two stores, two runs
+    assert e1["splits"] == e2["splits"]

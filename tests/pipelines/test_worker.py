@@ -13,8 +13,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from pipelines.training.worker import (NLLObjective, NonFiniteError, StepResult, TrainJob, TrainMeter, batches,
-                                       build_for_batch, lr_at, train_step)
+from pipelines.training.worker import (FATAL_KEY, NLLObjective, NonFiniteError, StepResult, TrainJob, TrainMeter,
+                                       WorkerConfigError, agree_on_error, batches, build_for_batch, fatal_result,
+                                       lr_at, raise_if_fatal, train_step)
 from tests.conftest import free_port
 
 
@@ -167,7 +168,8 @@ def test_meter_counts_throughput_and_gives_up_after_too_many_non_finite_steps():
     meter.update(ok, 4, step=4)  # a finite step resets the run of skipped ones
     meter.update(bad, 4, step=5)
     meter.update(bad, 4, step=6)
-    with pytest.raises(NonFiniteError, match=r"e: 3 consecutive steps .* \(last at step 7"):
+    with pytest.raises(NonFiniteError, match=r"e: training diverged at step 5: 3 consecutive steps .* "
+                                             r"\(steps 5-7; last at step 7"):
         meter.update(bad, 4, step=7)
     assert meter.nonfinite_total == 5 + 5 and meter.samples == 7 * 4
 
@@ -200,3 +202,49 @@ def test_the_job_pickles_and_builds_its_model_for_a_batch():
         torch.manual_seed(1)
         states.append(build_for_batch(job, y, x, initialise=initialise).state_dict())
     assert not all(torch.equal(a, b) for a, b in zip(states[0].values(), states[1].values()))
+
+
+def test_a_restored_run_of_non_finite_steps_counts_towards_the_limit():
+    """A restart from a checkpoint written mid-divergence must not reset the limit (it would never trip)."""
+    bad = StepResult(float("nan"), float("nan"), float("nan"), False)
+    meter = TrainMeter("e", max_nonfinite=3, nonfinite_run=2)
+    with pytest.raises(NonFiniteError, match="diverged at step 9: 3 consecutive"):
+        meter.update(bad, 1, step=11)
+
+
+class FakeResult:
+    def __init__(self, value):
+        self.return_value = value
+
+
+def test_a_fatal_error_is_returned_by_the_workers_and_raised_by_the_driver():
+    """Ray retries every raised worker error; a divergence travels as rank 0's return value instead."""
+    meter = TrainMeter("e", max_nonfinite=1)
+    with pytest.raises(NonFiniteError) as err:
+        meter.update(StepResult(float("inf"), float("inf"), 1.0, False), 1, step=21)
+    value = fatal_result(err.value, 21)
+    assert value[FATAL_KEY].startswith("e: training diverged at step 21") and value["step"] == 21
+    with pytest.raises(NonFiniteError, match=r"e: training diverged at step 21: .*\(not retried"):
+        raise_if_fatal(FakeResult(pickle.loads(pickle.dumps(value))), "e")
+    config = fatal_result(WorkerConfigError("e: rank 0 cannot set up the job (ValueError: levels)"), 0)
+    with pytest.raises(WorkerConfigError, match=r"cannot set up the job \(ValueError: levels\)"):
+        raise_if_fatal(FakeResult(config), "e")
+    ok = FakeResult({"step": 8, "resumed_from_step": 0})
+    assert raise_if_fatal(ok, "e") is ok and raise_if_fatal(FakeResult(None), "e").return_value is None
+
+
+def _agree_rank(rank, world_size, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        out[rank] = agree_on_error("rank 1: bad option" if rank == 1 else None, world_size)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_agrees_on_one_ranks_setup_error():
+    assert agree_on_error(None, 1) is None and agree_on_error("x", 1) == "x"
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_agree_rank, args=(2, free_port(), out), nprocs=2, join=True)
+        assert dict(out) == {0: "rank 1: bad option", 1: "rank 1: bad option"}
