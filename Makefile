@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 # The CPU wheel of torch; on a GPU machine install the CUDA build first (see README) and it stays in place.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup repro exp ui test bench
+.PHONY: setup repro exp ui test bench profile
 
 setup: $(VENV)/.installed
 
@@ -42,6 +42,15 @@ repro exp: setup
 	  export RAY_ADDRESS=127.0.0.1:$$port; \
 	fi; \
 	$(DVC_CMD)
+
+# Switch the active profile (params.yaml, what `dvc repro` reads): `make profile PROFILE=cpu` (the real datasets
+# in ../shared/datasets, hours on 2 cores), PROFILE=paper (the papers' settings, GPU cluster), PROFILE=demo
+# (procedural data, minutes; the committed params.yaml). Each profile is params-<name>.yaml.
+PROFILE ?= demo
+profile:
+	@test -f params-$(PROFILE).yaml || { echo "no profile '$(PROFILE)': expected params-$(PROFILE).yaml (demo, cpu, paper)" >&2; exit 2; }
+	cp params-$(PROFILE).yaml params.yaml
+	@echo "params.yaml is now the $(PROFILE) profile: run \`make repro\` (or \`dvc repro\`)"
 
 # The MLflow UI on the project's store (every run of `make repro`, `dvc exp run` and `cnf`), http://127.0.0.1:5000
 ui: setup

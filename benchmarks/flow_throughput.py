@@ -32,6 +32,9 @@ from other processes hits them alike; medians are reported:
   prior as ``ConditionalAffineTransform`` given ``h``. Discrete ``y`` is uniformly dequantized (no learned
   dequantizer in FrEIA).
 
+Ratios are given twice: of the medians, and paired (the median over rounds of the two implementations'
+batch-normalised times in the same round), which a load spike from another process cannot bias towards one side.
+``1st step s`` is the first train step after building (for ``ours-compiled``: torch.compile's compilation).
 Columns: ``GFLOP/img`` counts one train step (``torch.utils.flop_counter``: forward and backward, per image);
 ``GFLOP/s`` is that work per second of train step; ``conv GFLOP/s`` is what this machine reaches on the same
 step's convolutions alone: every ``aten.convolution`` of the step replayed as a plain ``torch.nn.Conv2d``
@@ -398,11 +401,13 @@ def measure_speed(config: str, impls: list[str], rounds: int, threads: int, befo
     """Every implementation in one process, timed round-robin, so load from other processes hits all alike."""
     import torch
     torch.set_num_threads(threads)
-    runs = {}
+    runs, warmup = {}, {}
     for impl in impls:
         t0 = time.perf_counter()
         runs[impl] = build(impl, config, before)
+        t1 = time.perf_counter()
         runs[impl].train_step()  # warm-up (compilation, allocator, oneDNN primitive caches)
+        warmup[impl] = time.perf_counter() - t1  # first step: includes torch.compile's compilation
         runs[impl].train_step()
         runs[impl].sample()
         print(f"  {config}/{impl}: built and warmed up in {time.perf_counter() - t0:.0f}s", file=sys.stderr,
@@ -427,6 +432,8 @@ def measure_speed(config: str, impls: list[str], rounds: int, threads: int, befo
         r["train_gflop_s"] = r["train_gflop_per_img"] * r["train_img_s"]
         r["conv_gflop_s"] = replays[impl].flops / statistics.median(times[impl]["convs"]) / 1e9
         r["of_conv"] = r["train_gflop_s"] / r["conv_gflop_s"]
+        r["first_step_s"] = warmup[impl]
+        r["times"] = times[impl]  # per round, seconds: the paired ratios of `_fmt_ratios` come from these
     if predict_samples:  # sample-mean prediction: batched over draws (ours) or a loop of draws (ours-before)
         timed = {impl: [] for impl, run in runs.items() if run.predict is not None}
         for _ in range(2):
@@ -443,14 +450,23 @@ def measure_speed(config: str, impls: list[str], rounds: int, threads: int, befo
 def _fmt_table(rows: list[dict]) -> str:
     head = (f"{'config':9s} {'impl':13s} {'params':>9s} {'GFLOP/img':>9s} {'train img/s':>11s} "
             f"{'sample img/s':>12s} {'peak MB':>8s} {'GFLOP/s':>8s} {'conv GFLOP/s':>12s} {'of conv':>7s} "
-            f"{'predict ms/img':>14s}")
+            f"{'predict ms/img':>14s} {'1st step s':>10s}")
     lines = [head]
     for r in rows:
         lines.append(f"{r['config']:9s} {r['impl']:13s} {r['params']:9d} {r['train_gflop_per_img']:9.3f} "
                      f"{r['train_img_s']:11.2f} {r['sample_img_s']:12.2f} {r['peak_rss_mb']:8.1f} "
                      f"{r['train_gflop_s']:8.1f} {r['conv_gflop_s']:12.1f} {r['of_conv']:7.1%} "
-                     + (f"{r['predict_ms_per_img']:14.1f}" if "predict_ms_per_img" in r else f"{'-':>14s}"))
+                     + (f"{r['predict_ms_per_img']:14.1f}" if "predict_ms_per_img" in r else f"{'-':>14s}")
+                     + f" {r.get('first_step_s', float('nan')):10.1f}")
     return "\n".join(lines)
+
+
+def _paired(a: dict, b: dict, kind: str) -> float:
+    """Median over rounds of ``b``'s time / ``a``'s time in the same round (batch-normalised): each round's
+    two timings ran back to back, so a load spike from another process inflates both rather than one median."""
+    if "times" not in a or "times" not in b:
+        return float("nan")
+    return statistics.median((tb / b["batch"]) / (ta / a["batch"]) for ta, tb in zip(a["times"][kind], b["times"][kind]))
 
 
 def _fmt_ratios(rows: list[dict], configs: list[str]) -> str:
@@ -467,7 +483,9 @@ def _fmt_ratios(rows: list[dict], configs: list[str]) -> str:
                 sample_peer = max(peers, key=lambda r: r["sample_img_s"])
                 lines.append(f"{config:9s} {ours:13s} train {a['train_img_s'] / train_peer['train_img_s']:.2f}x the "
                              f"faster peer ({train_peer['impl']}), sample "
-                             f"{a['sample_img_s'] / sample_peer['sample_img_s']:.2f}x ({sample_peer['impl']})")
+                             f"{a['sample_img_s'] / sample_peer['sample_img_s']:.2f}x ({sample_peer['impl']}); "
+                             f"paired per-round medians: train {_paired(a, train_peer, 'train'):.2f}x, "
+                             f"sample {_paired(a, sample_peer, 'sample'):.2f}x")
             if "ours-before" in by:
                 b = by["ours-before"]
                 line = (f"{config:9s} {ours:13s} train {a['train_img_s'] / b['train_img_s']:.2f}x "

@@ -69,21 +69,31 @@ class ActNorm(Bijection):
 class ConditionalActNorm(Bijection):
     """Actnorm whose scale and bias are produced per sample by a conditioning network over ``cond``.
 
-    .. math:: v_{c,h,w} = (u_{c,h,w} + b_c(x))\\, e^{s_c(x)}, \\qquad \\log|\\det J| = H W \\sum_c s_c(x)
+    .. math:: v_{c,h,w} = (u_{c,h,w} + b_c(x))\\, e^{s_c(x)}, \\qquad
+              s_c(x) = S \\tanh\\big(r_c(x) / S\\big), \\qquad \\log|\\det J| = H W \\sum_c s_c(x)
 
-    Source: Lu & Huang 2020 (c-Glow), sec. 4.1 ("conditional actnorm") and Appendix A, Figure 5a. The
-    network's last layer is zero-initialised, so the layer starts as the identity.
+    Source: Lu & Huang 2020 (c-Glow), sec. 4.1 ("conditional actnorm") and Appendix A, Figure 5a; ``(r, b)``
+    is the conditioning network's output. The log-scale is bounded, ``|s| < S``: an unbounded ``r`` lets one
+    large conditioning output blow up ``e^{s}`` and the log-determinant (the authors' release ends the network
+    in tanh for this; ``S = 1`` is exactly their ``s = tanh(r)``, and any ``S`` keeps slope 1 at ``r = 0``).
+    The bias is left unbounded (it does not enter the log-determinant; the release squashes it too).
+    ``scale_bound=None`` (or 0) drops the bound: models saved before it was added. The network's last layer is
+    zero-initialised, so ``r = b = 0`` and the layer starts as the identity.
 
     Args:
         channels: ``C`` of ``u`` ``(B, C, H, W)``.
         cond_channels, cond_size: channels and ``(H, W)`` of ``cond``; the fully connected layers need a fixed size.
         conv_channels, fc_width: width of the conditioning network's convolutions and FC layers.
+        scale_bound: ``S``, the bound on the log-scale (``None`` or 0: unbounded).
     """
 
     def __init__(self, channels: int, cond_channels: int, cond_size: tuple[int, int], conv_channels: int = 32,
-                 fc_width: int = 32):
+                 fc_width: int = 32, scale_bound: Optional[float] = 1.0):
         super().__init__()
+        if scale_bound is not None and not (math.isfinite(scale_bound) and scale_bound >= 0):
+            raise ValueError(f"ConditionalActNorm: scale_bound must be a finite number >= 0 or None, got {scale_bound}")
         self.channels = channels
+        self.scale_bound = float(scale_bound) if scale_bound else None
         self.net = ConditioningNetwork(cond_channels, cond_size, 2 * channels, conv_channels, fc_width)
 
     def _params(self, cond: Optional[Tensor]) -> tuple[Tensor, Tensor]:
@@ -91,6 +101,8 @@ class ConditionalActNorm(Bijection):
             raise ValueError("ConditionalActNorm needs cond (B, C_cond, H, W); got None")
         out = self.net(cond)
         log_scale, bias = out[:, : self.channels], out[:, self.channels:]
+        if self.scale_bound is not None:
+            log_scale = self.scale_bound * torch.tanh(log_scale / self.scale_bound)
         return log_scale[:, :, None, None], bias[:, :, None, None]
 
     def forward(self, u: Tensor, cond: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:

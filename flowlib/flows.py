@@ -1,6 +1,7 @@
 """``build_flow``: the two conditional flow families of the papers as :class:`ConditionalFlow` instances."""
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 from torch import nn
@@ -13,7 +14,7 @@ from .encoders.rrdb import RRDBEncoder
 from .encoders.vgg import VGGEncoder
 from .invconv import ConditionalInvConv1x1, InvConv1x1
 from .multiscale import ConditionalFlow
-from .priors import ConditionalPrior, ConditionalSplitPrior
+from .priors import ConditionalPrior, ConditionalSplitPrior, DiagonalGaussian, SplitPrior
 from .squeeze import Squeeze
 from .subnets import SUBNETS
 
@@ -22,10 +23,15 @@ KINDS = ("cnf", "cglow")
 # (Winkler Table 8: encoder_blocks=16, encoder_growth=32; Table 6: hidden=512; c-Glow: hidden=256).
 CNF_DEFAULTS: dict[str, Any] = {"encoder": "rrdb", "encoder_blocks": 2, "encoder_growth": 16, "context_channels": 32,
                                 "encoder_width": 32, "coupling": "affine", "subnet": "sr", "lu": True}
+# c-Glow's priors: "unconditional" (the paper's model: Glow's learned split priors on z_0 and learned top prior) or
+# "conditional" (a variant, not the paper's c-Glow: Winkler et al.'s conditional split priors and prior).
+# actnorm_bound: S of the conditional actnorm's log-scale s = S tanh(r / S); 1 is the authors' tanh, 0 unbounded.
 CGLOW_DEFAULTS: dict[str, Any] = {"cond_channels": 32, "cond_fc_width": 32, "coupling_cond_channels": 16,
-                                  "coupling": "affine", "subnet": "glow"}
+                                  "coupling": "affine", "subnet": "glow", "priors": "unconditional",
+                                  "actnorm_bound": 1.0}
 ENCODERS = ("rrdb", "vgg", "none")
 COUPLINGS = ("affine", "additive")
+CGLOW_PRIORS = ("unconditional", "conditional")
 
 
 def _resolve(kind: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -34,9 +40,16 @@ def _resolve(kind: str, options: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"build_flow({kind!r}): unknown option(s) {unknown}; allowed: {sorted(defaults)}")
     opts = {**defaults, **options}
-    for key, allowed in (("encoder", ENCODERS), ("coupling", COUPLINGS), ("subnet", SUBNETS)):
+    for key, allowed in (("encoder", ENCODERS), ("coupling", COUPLINGS), ("subnet", SUBNETS),
+                         ("priors", CGLOW_PRIORS)):
         if key in opts and opts[key] not in allowed:
             raise ValueError(f"build_flow({kind!r}): option {key}={opts[key]!r} not in {allowed}")
+    if "actnorm_bound" in opts:
+        bound = opts["actnorm_bound"]
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not (math.isfinite(bound) and bound >= 0):
+            raise ValueError(f"build_flow({kind!r}): option actnorm_bound={bound!r} must be a finite number >= 0 "
+                             "(0: unbounded log-scale)")
+        opts["actnorm_bound"] = float(bound)
     return opts
 
 
@@ -53,11 +66,17 @@ def build_flow(kind: str, y_shape: Sequence[int], x_shape: Sequence[int], levels
       (``coupling`` in ``{"affine", "additive"}``, ``subnet`` in ``{"sr", "drive", "glow"}``) on ``[z_1, h_l]``;
       ``h = g(x)`` from ``encoder`` in ``{"rrdb", "vgg", "none"}`` (``encoder_blocks``, ``encoder_growth``,
       ``context_channels`` for RRDB; ``encoder_width`` for VGG), resampled to each level.
-    - ``"cglow"`` (Lu & Huang 2020, sec. 4): step = conditional actnorm, conditional 1x1 conv (conditioning
-      networks with ``cond_channels`` conv and ``cond_fc_width`` FC widths), affine coupling with a
+      Conditional split priors on ``[z_0, h_l]`` and a conditional final prior on ``h_L`` (Winkler sec. 3.1).
+    - ``"cglow"`` (Lu & Huang 2020, sec. 4): step = conditional actnorm (log-scale bounded by
+      ``actnorm_bound * tanh(. / actnorm_bound)``; 0: unbounded), conditional 1x1 conv (conditioning networks
+      with ``cond_channels`` conv and ``cond_fc_width`` FC widths), affine coupling with a
       ``coupling_cond_channels``-wide feature network on ``x``; ``x`` reaches level ``l`` squeezed ``l + 1`` times.
+      Conditioning enters only these three components (sec. 4.1): with ``priors="unconditional"`` (default,
+      the paper's model as the authors' code, github.com/yolu1055/conditional-glow, builds it) the split priors
+      are Glow's learned ``p(z_1 | z_0)`` and the top prior a learned diagonal Gaussian, neither seeing ``x``.
+      ``priors="conditional"`` is a sound variant, not c-Glow: Winkler's conditional split priors and prior.
 
-    Both use conditional split priors and a conditional final prior. ``y_shape``/``x_shape`` are ``(C, H, W)``;
+    ``y_shape``/``x_shape`` are ``(C, H, W)``;
     ``H`` and ``W`` of ``y`` must be divisible by ``2**levels``. Unknown options raise ``ValueError``.
     A ``"cnf"`` flow is fully convolutional: it runs at any ``y`` size divisible by ``2**levels`` (``sample``
     infers ``y``'s size from ``x`` by the build-time ratio of the shapes), and its ``state_dict`` does not
@@ -94,6 +113,7 @@ def build_flow(kind: str, y_shape: Sequence[int], x_shape: Sequence[int], levels
         cond_mode = "squeeze"
         h_channels = [cx * 4 ** (l + 1) for l in range(levels)]
 
+    unconditional_priors = kind == "cglow" and opts["priors"] == "unconditional"
     level_modules, split_priors = [], []
     channels = c
     for l in range(levels):
@@ -107,16 +127,18 @@ def build_flow(kind: str, y_shape: Sequence[int], x_shape: Sequence[int], levels
                            _coupling(opts["coupling"], channels, hc, hidden, opts["subnet"])]
             else:
                 cw, fw = opts["cond_channels"], opts["cond_fc_width"]
-                layers += [ConditionalActNorm(channels, hc, size, cw, fw),
+                layers += [ConditionalActNorm(channels, hc, size, cw, fw, scale_bound=opts["actnorm_bound"]),
                            ConditionalInvConv1x1(channels, hc, size, cw, fw),
                            _coupling(opts["coupling"], channels, hc, hidden, opts["subnet"],
                                      cond_net=CouplingFeatureNetwork(hc, opts["coupling_cond_channels"]))]
         level_modules.append(Sequential(layers))
         if l < levels - 1:
             keep, out = channels - channels // 2, channels // 2
-            split_priors.append(ConditionalSplitPrior(out, keep + hc, hidden))
+            split_priors.append(SplitPrior(out, keep) if unconditional_priors else
+                                ConditionalSplitPrior(out, keep + hc, hidden))
             channels = keep
-    prior = ConditionalPrior(channels, h_channels[-1], hidden)
+    top = (channels, hy >> levels, wy >> levels)
+    prior = DiagonalGaussian(top) if unconditional_priors else ConditionalPrior(channels, h_channels[-1], hidden)
 
     flow = ConditionalFlow(y_shape, x_shape, encoder, level_modules, split_priors, prior, cond_mode)
     flow.config = {"kind": kind, "y_shape": list(y_shape), "x_shape": list(x_shape), "levels": int(levels),

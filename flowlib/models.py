@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .baselines import BASELINE_ENCODERS, build_baseline, count_parameters
 from .dequantize import DEQUANTIZATIONS, build_dequantizer, quantize
-from .flows import COUPLINGS, ENCODERS, build_flow
+from .flows import CGLOW_DEFAULTS, CGLOW_PRIORS, COUPLINGS, ENCODERS, build_flow
 from .layout import to_layout
 from .subnets import SUBNETS
 
@@ -122,6 +122,11 @@ MODEL_OPTIONS: dict[str, dict[str, Option]] = {
         "cond_channels": Option(int, "conv width of the conditioning networks", positive=True),
         "cond_fc_width": Option(int, "fully connected width of the conditioning networks", positive=True),
         "coupling_cond_channels": Option(int, "width of the coupling's feature network on x", positive=True),
+        "priors": Option(str, "split and top priors: 'unconditional' (default; the paper's c-Glow: Glow's learned "
+                              "split prior on z_0 and learned top prior, no x) or 'conditional' (a variant, not "
+                              "c-Glow: Winkler et al.'s conditional split priors and prior)", CGLOW_PRIORS),
+        "actnorm_bound": Option(float, "S bounding the conditional actnorm log-scale, s = S tanh(r / S) (default 1, "
+                                       "the authors' tanh); 0: unbounded (models saved before the bound)"),
     },
     "factorized": {
         "hidden": Option(int, "width of the head", positive=True),
@@ -137,6 +142,10 @@ MODEL_OPTIONS: dict[str, dict[str, Option]] = {
 # number of VGG outputs `levels`, the word the flows use for flow levels).
 _RENAMED = {"factorized": {"levels": "encoder_scales", "encoder_levels": "encoder_scales"}}
 _RENAMED_ENCODER = {"factorized": {"levels": "scales"}}
+# c-Glow options added after checkpoints were written, and the value that rebuilds what those were trained as:
+# before `priors` existed every c-Glow had conditional split/top priors and an unbounded actnorm log-scale.
+# Today's configs always record both (build_model writes the defaults in), so absence means an old checkpoint.
+_CGLOW_BEFORE_PRIORS = {"priors": "conditional", "actnorm_bound": 0.0}
 
 
 def check_options(family: str, options: Mapping[str, Any]) -> None:
@@ -162,10 +171,15 @@ def upgrade_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """A checkpoint's ``config`` with option names from before a rename replaced by today's (else unchanged).
 
     So ``load_model`` rebuilds models saved by older code: factorized ``levels`` / ``encoder_levels`` /
-    ``encoder_options.levels`` (VGG outputs) are ``encoder_scales`` / ``encoder_options.scales`` now.
+    ``encoder_options.levels`` (VGG outputs) are ``encoder_scales`` / ``encoder_options.scales`` now; a c-Glow
+    config without ``priors`` predates the option and rebuilds as trained: ``priors="conditional"``,
+    ``actnorm_bound=0`` (unbounded), where a new ``build_model`` call without them gets the paper's c-Glow.
     """
     out = dict(config)
     family = out.get("family")
+    if family == "cglow" and "priors" not in out:
+        for key, value in _CGLOW_BEFORE_PRIORS.items():
+            out.setdefault(key, value)
     for old, new in _RENAMED.get(family, {}).items():
         if old in out:
             out[new] = out.pop(old)
@@ -432,7 +446,9 @@ def build_model(family: str, target: str, y_shape: Sequence[int], x_shape: Seque
         ``dequantizer_steps`` (2), ``dequantizer_hidden`` (= ``hidden``), ``coupling``, ``subnet``,
         ``residual`` (continuous targets, ``x`` of ``y``'s shape: the flow models ``y - residual * x``, c-Glow's
         residual denoising); cnf: ``lu``; cglow: ``cond_hidden`` (sets ``cond_channels``, ``cond_fc_width``
-        and ``coupling_cond_channels`` unless given) and those three.
+        and ``coupling_cond_channels`` unless given) and those three, ``priors`` (``"unconditional"``: the
+        paper's c-Glow, default; ``"conditional"``: a variant) and ``actnorm_bound`` (1; 0 unbounded); the
+        config records both, so checkpoints from before they existed are told apart (``upgrade_config``).
       - factorized: ``beta`` (weighted Bernoulli, eq. 9), ``param_budget`` (choose ``hidden`` to match a
         parameter count), ``encoder`` in ``BASELINE_ENCODERS`` with a per-target default (RRDB for 8-bit SR,
         VGG for binary DRIVE, c-Glow's feature net otherwise).
@@ -482,6 +498,10 @@ def build_model(family: str, target: str, y_shape: Sequence[int], x_shape: Seque
     if cond_hidden is not None:
         for key in ("cond_channels", "cond_fc_width", "coupling_cond_channels"):
             opts.setdefault(key, int(cond_hidden))
+    if family == "cglow":
+        # Recorded even when defaulted: a config without `priors` is one saved before the option (upgrade_config).
+        for key in _CGLOW_BEFORE_PRIORS:
+            config.setdefault(key, CGLOW_DEFAULTS[key])
 
     residual = opts.pop("residual", None)
     if residual is not None:

@@ -156,6 +156,10 @@ class TrainParams:
     checkpoint_every: int = field(default=50, metadata=POSITIVE)
     log_every: int = field(default=10, metadata=POSITIVE)
     seed: int = 0
+    # Independent runs of the experiment, seeds seed, seed+1, ...: the first is the experiment's model, the
+    # others go to models/<exp>.seeds/; `cnf evaluate` reports their mean and <metric>_std (Winkler Table 3:
+    # mean +/- std over 5 runs).
+    seeds: int = field(default=1, metadata=POSITIVE)
     max_nonfinite: int = field(default=20, metadata=POSITIVE)  # consecutive skipped steps before giving up
 
 
@@ -209,10 +213,20 @@ class ExperimentParams:
         """``{"train.lr": 0.001, "model.levels": 2, ...}`` for MLflow params."""
         return flatten(self.to_dict())
 
+    def seed_run(self, k: int) -> "ExperimentParams":
+        """Run ``k`` of ``train.seeds`` (k = 0 is the experiment itself): named ``<exp>-seed<k>``, trained with
+        seed ``train.seed + k``; its own Ray run, MLflow run and registered model."""
+        if not 0 <= k < self.train.seeds:
+            raise ValueError(f"experiments.{self.name}.train.seeds is {self.train.seeds}: no seed run {k}")
+        if k == 0:
+            return self
+        return dataclasses.replace(self, name=f"{self.name}-seed{k}",
+                                   train=dataclasses.replace(self.train, seed=self.train.seed + k, seeds=1))
+
 
 @dataclass(frozen=True)
 class Params:
-    profile: Literal["demo", "paper"]
+    profile: Literal["demo", "cpu", "paper"]
     experiments: dict
     datasets: dict = field(default_factory=dict)
     mlflow: MlflowParams = field(default_factory=MlflowParams)
@@ -490,7 +504,7 @@ def parse_params(raw: Mapping, overrides=(), experiment: str | None = None, sour
                               f"{', '.join(['defaults', *sorted(allowed), *OTHER_SECTIONS])}")
     if "profile" not in raw:
         raise ParamsError(f"{source}: missing required key: profile (demo | paper)")
-    profile = _convert(Literal["demo", "paper"], raw["profile"], "profile")
+    profile = _convert(Literal["demo", "cpu", "paper"], raw["profile"], "profile")
     mlflow = _build(MlflowParams, raw.get("mlflow") or {}, "mlflow")
     datasets_raw = _convert(dict, raw.get("datasets") or {}, "datasets")
     datasets = {name: _build(DatasetParams, body, f"datasets.{name}") for name, body in datasets_raw.items()}

@@ -133,7 +133,7 @@ def missing_params(cmd: str, params: list) -> list[str]:
         if key.startswith("experiments."):
             field = key.split(".", 1)[1]
             own = f"experiments.${{key}}.{field}"
-            if "experiments.${key}" not in listed and own not in listed:
+            if not {"experiments", "experiments.${key}", own} & set(listed):  # the whole section covers its keys
                 missing.append(own)
             if field in SECTIONS and field in DEFAULTS and f"defaults.{field}" not in listed \
                     and "defaults" not in listed:
@@ -149,7 +149,7 @@ STAGES = _stages()
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_every_dependency_exists(stage):
     for dep in STAGES[stage].get("deps", []):
-        if "${" in dep or dep.split("/")[0] in ("data", "models", "metrics"):
+        if "${" in dep or dep.split("/")[0] in ("data", "models", "metrics", "info", "plots"):
             continue  # outputs of other stages and per-item paths
         assert (ROOT / dep).exists(), f"dvc.yaml: stage {stage!r} lists dependency {dep!r}, which does not exist"
 
@@ -177,3 +177,91 @@ def test_the_checks_find_what_is_missing():
     missing = missing_params(cmd, [])
     assert "experiments.${key}.sweep" in missing and ("defaults.sweep" in missing or "sweep" not in DEFAULTS)
     assert missing_params(cmd, ["experiments.${key}", "defaults", "profile", "mlflow"]) == []
+
+
+def _declared(body: dict) -> dict[str, dict]:
+    """``{path: options}`` of a stage's outs, metrics and plots."""
+    out = {}
+    for section in ("outs", "metrics", "plots"):
+        for entry in body.get(section, []):
+            path, options = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
+            out[path] = {**(options or {}), "section": section}
+    return out
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_every_file_a_command_writes_is_declared_as_the_right_kind(stage):
+    """metrics/ are DVC metrics, committed (cache: false); info/ are cached outs (not committed, so a fresh
+    clone reruns the stage and its MLflow run ids exist in its own store); plots/ are committed outs."""
+    body = STAGES[stage]
+    declared = _declared(body)
+    written = re.findall(r"--(?:out|info-out|plots-out|metrics-out)\s+(\S+)", body["cmd"])
+    for path in written:
+        top = path.split("/")[0]
+        if top not in ("metrics", "info", "plots"):
+            continue
+        assert path in declared, f"dvc.yaml: stage {stage!r} writes {path} but does not declare it"
+        kind = declared[path]
+        if top == "metrics":
+            assert kind["section"] == "metrics" and kind.get("cache") is False, (stage, path)
+        elif top == "info":
+            assert kind["section"] == "outs" and kind.get("cache", True), (stage, path)
+        else:
+            assert kind["section"] == "outs" and kind.get("cache") is False, (stage, path)
+    if stage in ("evaluate", "sweep", "score"):
+        assert {p.split("/")[0] for p in written} >= {"metrics", "info"}, stage
+
+
+def test_top_level_plots_use_templates_that_exist_and_data_the_stages_write():
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    builtin = {"linear", "simple", "scatter", "smooth", "confusion", "confusion_normalized", "bar_horizontal",
+               "bar_horizontal_sorted"}
+    outs = {p for body in STAGES.values() for p in _declared(body)}
+    plots = spec.get("plots") or []
+    assert {next(iter(p)) for p in plots} >= {"plots/train", "plots/sweep", "plots/eval"}
+    for entry in plots:
+        (folder, props), = entry.items()
+        template = props.get("template", "linear")
+        assert template in builtin or (ROOT / ".dvc" / "plots" / f"{template}.json").is_file(), template
+        assert any(o.startswith(folder + "/") for o in outs), f"no stage writes into {folder}"
+
+
+@pytest.mark.slow
+def test_dvc_plots_show_draws_the_curves_with_the_templates(tmp_path):
+    """`dvc plots show` on the top-level plots of dvc.yaml and the templates of .dvc/plots: the training curves
+    one panel per field, the sweep one panel per metric and a line per split, the PR curves per split (an
+    empty PR file, for a task without one, is skipped)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([dvc, "init", "-q"], cwd=tmp_path, check=True)
+    shutil.copytree(ROOT / ".dvc" / "plots", tmp_path / ".dvc" / "plots", dirs_exist_ok=True)
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"plots": spec["plots"]}))
+    data = {
+        "plots/train/a.json": [{"step": s, "train_nll": 100.0 / s, "train_bpd": 1.0 / s} for s in (25, 50)],
+        "plots/sweep/a.json": [{"temperature": t, "split": s, "metric": m, "value": t + 1.0}
+                               for t in (0.0, 1.0) for s in ("valid", "set5") for m in ("bpd", "psnr")],
+        "plots/eval/a.json": [{"split": "test", "threshold": t, "precision": t, "recall": 1 - t, "f1": 0.5}
+                              for t in (0.0, 0.5)],
+        "plots/eval/b.json": [],
+    }
+    for path, rows in data.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(json.dumps(rows))
+    shown = subprocess.run([dvc, "plots", "show", "--json"], cwd=tmp_path, check=True, capture_output=True,
+                           text=True).stdout
+    plots = json.loads(shown)["data"]
+    assert {k for k, v in plots.items() if v} == {"plots/train/a.json", "plots/sweep/a.json", "plots/eval/a.json"}
+    assert plots.get("plots/eval/b.json", []) == []  # nothing to draw, no error
+    train = plots["plots/train/a.json"][0]["content"]
+    assert train["facet"]["row"]["field"] == "field" and len(train["data"]["values"]) == 4
+    sweep = plots["plots/sweep/a.json"][0]["content"]
+    assert sweep["facet"]["row"]["field"] == "metric" and sweep["spec"]["encoding"]["color"]["field"] == "split"
+    assert sweep["spec"]["encoding"]["x"]["field"] == "temperature"
+    pr = plots["plots/eval/a.json"][0]["content"]
+    assert (pr["encoding"]["x"]["field"], pr["encoding"]["y"]["field"]) == ("recall", "precision")

@@ -43,7 +43,7 @@ def project_files() -> list[str]:
         cwd=ROOT, capture_output=True, text=True, check=True,
     ).stdout.split("\n")
     # Results of a local `dvc repro` (untracked until a user commits them) are not part of the project.
-    generated = ("dvc.lock", "metrics/", "models/", "tables/", "figures/", "runs/", "data/", "mlflow.db")
+    generated = ("dvc.lock", "metrics/", "info/", "plots/", "models/", "tables/", "figures/", "runs/", "data/", "mlflow.db")
     return [f for f in out if f and (ROOT / f).is_file() and not f.startswith(generated)]
 
 

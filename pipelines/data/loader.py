@@ -172,7 +172,8 @@ def loader_options(data, *, train: bool) -> dict:
 
     ``data`` is a ``pipelines.params.DataParams`` (or its ``to_dict()`` form). Training reads random
     ``patch`` crops and loader processes; evaluation reads whole images in order, in this process. Both
-    apply the same resize (``size``), padding (``pad_multiple``) and task options (noise sigma, block size...).
+    apply the same resize (``size``), padding (``pad_multiple``; a training patch only to
+    ``min(pad_multiple, patch)``) and task options (noise sigma, block size...).
     """
     d = dataclasses.asdict(data) if dataclasses.is_dataclass(data) else dict(data)
     out = {"pad_multiple": d.get("pad_multiple") or 1, **(d.get("options") or {})}
@@ -180,5 +181,10 @@ def loader_options(data, *, train: bool) -> dict:
         out["size"] = d["size"]
     if train:
         out.update(patch=d.get("patch"), num_workers=d.get("num_workers") or 0)
+        if d.get("patch"):
+            # A training patch is padded to min(pad_multiple, patch), never past its own size: pad_multiple is
+            # for whole images (Winkler's 1024 for DRIVE), and a 128 patch padded to 1024x1024 is ~60x the work
+            # on zeros. A patch that is not a multiple of the flow's 2**L is refused by the model, naming sizes.
+            out["pad_multiple"] = min(out["pad_multiple"], d["patch"])
     return out
 

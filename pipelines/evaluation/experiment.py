@@ -2,7 +2,8 @@
 
 ``evaluate_experiment`` scores a trained model on the eval split of ``data.eval_dataset`` (else
 ``data.dataset``) and on ``eval.extra_splits`` (the SR benchmarks of Winkler et al. 2019, Table 2), each with
-the task's protocol (``pipelines/tasks/``).
+the task's protocol (``pipelines/tasks/``). ``eval_outputs`` splits the results into the metrics file's numbers
+and the info file's rest; ``load_experiment_model`` refuses a checkpoint that is not the experiment's.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def dataset_folder(data_dir: str | Path, dataset: str, trained_on: str) -> str:
 
 
 def train_run_id(path: str | Path) -> str | None:
-    """The ``mlflow_run_id`` recorded by `cnf train` in ``metrics/train/<exp>.json`` (None when absent)."""
+    """The ``mlflow_run_id`` recorded by `cnf train` in its info file (``info/train/<exp>.json``; None when
+    the file or the id is absent)."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -118,3 +120,61 @@ def eval_figures(exp_name: str, results: Mapping[str, Mapping[str, Any]], folder
             paths.append(figures.pr_scatter({exp_name: s["samples_pr"]}, Path(folder) / f"{exp_name}_{name}_pr_samples.png",
                                             title=f"{exp_name} ({name}): samples in PR space"))
     return paths
+
+
+# ------------------------------------------------------------------------------------ outputs: metrics, info, plots
+
+
+def eval_outputs(exp, results: Mapping[str, Mapping[str, Any]], **info: Any) -> tuple[dict, dict]:
+    """``(metrics, info)`` of an evaluation: ``metrics`` = ``{split: {metric: number}}`` (the task's summary
+    metrics, nothing else); ``info`` = the keyword arguments (labels, run id, temperature, ...) plus
+    ``splits: {split: the rest of its summary}``."""
+    from pipelines.evaluation.outputs import summary_info, summary_metrics, without_none
+
+    task = get_task(exp.task).with_options(**(exp.data.options or {}))
+    metrics = {name: summary_metrics(task, s) for name, s in results.items()}
+    return ({k: v for k, v in metrics.items() if v},
+            {**without_none(info), "splits": {name: summary_info(task, s) for name, s in results.items()}})
+
+
+# ------------------------------------------------------------------------------------- which checkpoint is this
+
+
+def checkpoint_mismatch(exp, ckpt: Mapping[str, Any], source: str) -> str | None:
+    """Why checkpoint ``ckpt`` (``flowlib.checkpoint.load_checkpoint``'s dict, read from ``source``) is not a
+    model of experiment ``exp``, or None when it is: the experiment `cnf train` recorded in it (``experiment``)
+    must be ``exp.name``, and its ``config`` must be the family and options the experiment builds (each option
+    both name; a checkpoint from elsewhere may carry no experiment name, then only the config is compared)."""
+    from flowlib.models import upgrade_config
+
+    trained = ckpt.get("experiment")
+    if trained is not None and trained != exp.name:
+        return (f"{source} is a checkpoint of experiment {trained!r}, not of {exp.name!r} (evaluate it as "
+                f"{trained!r}, or pass the model of {exp.name!r})")
+    config = upgrade_config(ckpt.get("config") or {})
+    if config.get("family") != exp.model.family:
+        return (f"{source} holds a {config.get('family')!r} model, but experiments.{exp.name}.model.family is "
+                f"{exp.model.family!r}")
+    built = exp.model.build_options()
+    if "param_budget" in built:  # the budget picked `hidden` when it was built: compare what it fixed
+        built = {k: v for k, v in built.items() if k not in ("param_budget", "hidden")}
+    for key, want in built.items():
+        if key in config and config[key] != want:
+            return (f"{source} was built with model.{key}={config[key]!r}, but experiments.{exp.name}.model.{key} is "
+                    f"{want!r}: it is not a model of {exp.name!r} as params.yaml describes it (retrain it)")
+    return None
+
+
+def load_experiment_model(exp, source: str | Path, *, any_checkpoint: bool = False):
+    """The model of checkpoint ``source`` (``flowlib.load_model``), refused with a ``ValueError`` naming both
+    when it is not a model of ``exp`` (``checkpoint_mismatch``); ``any_checkpoint`` loads it with a warning."""
+    import sys
+
+    from flowlib.checkpoint import load_checkpoint, load_model
+
+    problem = checkpoint_mismatch(exp, load_checkpoint(source), str(source))
+    if problem and not any_checkpoint:
+        raise ValueError(f"{problem}; --any-checkpoint uses it anyway")
+    if problem:
+        print(f"warning: {problem}", file=sys.stderr)
+    return load_model(source)

@@ -167,7 +167,8 @@ def score_predictions(task: str, data: str, split: str, pred: str | None = None,
         try:
             p = METHODS[method].predict(decoded, spec) if method else spec.read_prediction(read_image(files[key]))
         except ValueError as exc:
-            raise ValueError(f"sample {key!r} in {data} ({split}): {exc}") from None
+            where = f"prediction {files[key]}" if not method else f"method {method!r}"
+            raise ValueError(f"{where} (sample {key!r} in {data}, {split}): {exc}") from None
         if p.shape != ref.y.shape:
             raise ValueError(f"sample {key!r}: prediction shape {p.shape} != target {ref.y.shape} (as C, H, W)")
         scorer.add_prediction(key, p, ref.y, ref.mask[0] > 0.5, x=ref.x, extras=ref.extras)

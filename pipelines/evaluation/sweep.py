@@ -117,3 +117,31 @@ def temperature_grid(model, batch: Mapping[str, Any], temperatures: Sequence[flo
             for i, row in enumerate(rows):
                 row[f"T={float(t):g}"] = task.display(s[i])
     return rows
+
+
+def better(metric: str) -> int:
+    """+1 when a higher ``metric`` is better, -1 when lower is (bits/dim, as in ``select_temperature``)."""
+    return -1 if metric == "bpd" else 1
+
+
+def sweep_outputs(task: Task, by_split: Mapping[str, Mapping[float, Mapping[str, Any]]]) -> tuple[dict, dict, list]:
+    """``(metrics, best_at, records)`` of a sweep (``sweep_experiment``'s ``{split: {temperature: summary}}``).
+
+    ``metrics`` = ``{split: {metric: the best value over the temperatures}}`` (highest, lowest for bpd; the
+    task's summary metrics only): what ``dvc metrics diff`` compares. ``best_at`` = ``{split: {metric: the
+    temperature it was best at (ties: the lowest)}}``, for the info file. ``records`` = one ``{temperature,
+    split, metric, value}`` per finite value, the curves ``dvc plots`` draws (Winkler et al. 2019, Figure 3).
+    """
+    from pipelines.evaluation.outputs import summary_metrics
+
+    metrics, best_at, records = {}, {}, []
+    for split, per_t in by_split.items():
+        values: dict[str, dict[float, float]] = {}
+        for t in sorted(per_t):
+            for metric, value in summary_metrics(task, per_t[t]).items():
+                values.setdefault(metric, {})[float(t)] = value
+                records.append({"temperature": float(t), "split": split, "metric": metric, "value": value})
+        if values:
+            best_at[split] = {m: min(sorted(v), key=lambda t: -better(m) * v[t]) for m, v in values.items()}
+            metrics[split] = {m: values[m][t] for m, t in best_at[split].items()}
+    return metrics, best_at, records

@@ -11,6 +11,14 @@ WINKLER = "Winkler et al. 2019"
 LU = "Lu & Huang 2020"
 
 
+# Every c-Glow table: what the text leaves open about the model, taken from the authors' released code.
+CGLOW_MODEL_CHOICE = ("Model: conditioning enters only the actnorm, 1x1 convolution and affine coupling (sec. 4.1); "
+                      "the text is silent on the priors, so, as the authors' released code, the split priors are "
+                      "Glow's learned p(z_1 | z_0) and the top prior a learned Gaussian, neither seeing x "
+                      "(model.priors 'unconditional'), and the conditional actnorm's log-scale is bounded by "
+                      "tanh (model.actnorm_bound 1).")
+
+
 def _rows(columns: tuple[str, ...], values: list[tuple]) -> list[dict]:
     return [dict(zip(columns, v)) for v in values]
 
@@ -128,6 +136,7 @@ TABLES: dict[str, dict] = {
                  "images (the authors' released code); iou_fg: foreground IoU beside it (ours only). Masks are "
                  "tiled to three channels, as the paper does.",
         "choices": [
+            CGLOW_MODEL_CHOICE,
             "Tiled prediction collapsed to one mask: the mean of the three channels' soft maps (each the mean of "
             "eval.n_samples samples) > 1/2.",
             "Bits/dim (not in the table) counts the three tiled copies as dimensions.",
@@ -151,6 +160,7 @@ TABLES: dict[str, dict] = {
         "notes": "Image sizes and column order lost in extraction; inferred from the text: 'On [small] images, DVN "
                  "performs the best, but c-Glow is comparable' (0.924 vs 0.914), c-Glow beats FCN on the middle "
                  "size and is 'slightly worse than FCN' on the largest (0.945 vs 0.951).",
+        "choices": [CGLOW_MODEL_CHOICE],
     },
     "cglow_table3": {
         "paper": "lu2020",
@@ -169,6 +179,7 @@ TABLES: dict[str, dict] = {
                  "Tables 4 and 5, so 27.61 is taken as c-Glow and 25.58 as McWNNM. The noise sigma was also "
                  "lost: ours is sigma = 25 (0..255 scale).",
         "choices": [
+            CGLOW_MODEL_CHOICE,
             "sigma = 25 on the 0..255 scale (DnCNN's standard level; the paper's value was lost).",
             "'Crop a region and resize': the largest centred square (481x321 -> its middle 321x321), MATLAB-"
             "bicubic resized to data.size (paper profile 64), so the aspect ratio is kept.",
@@ -189,6 +200,7 @@ TABLES: dict[str, dict] = {
                  "view, train on Chess, test on 5,500 frames of the other scenes, random crops. Ours: PSNR in "
                  "metres over the valid target pixels, peak 4 m.",
         "choices": [
+            CGLOW_MODEL_CHOICE,
             "Refined target: temporal fusion of the frame with its 4 neighbours on either side (the release's "
             "poses and depth intrinsics), the mean of the depths within max(1 cm, 3 %) of their median, valid "
             "where 5 of the 9 agree (pipelines/data/datasets/fusion.py); Wang et al. use KinectFusion's model, "
@@ -212,6 +224,7 @@ TABLES: dict[str, dict] = {
                  "paper's labels), x the image with it hidden; PSNR (8-bit) of the hidden block (whole-image "
                  "PSNR would be about 6 dB higher).",
         "choices": [
+            CGLOW_MODEL_CHOICE,
             "Test set ('2,000 randomly selected images'): celeba: 2,000 drawn once (seed 2020) from the official "
             "test partition; celeba_subset: its own 1,000-image test split (ids 9001-10000).",
             "Central block of half the side (25 % of the pixels hidden; the fraction was lost); centre square "

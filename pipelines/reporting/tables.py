@@ -1,7 +1,11 @@
 """Every table and figure of both papers, our computed rows beside the reported ones (`cnf tables`).
 
-Reads ``<metrics>/eval/*.json`` (`cnf evaluate`) and ``<metrics>/score/*.json`` (`cnf score --out`: the bicubic
-rows of Winkler Table 2 and the "Human" row of Table 3, computed rather than cited) and writes
+Reads each result as its metrics file and its info file: ``<metrics>/eval/<exp>.json`` + ``<info>/eval/<exp>.json``
+(`cnf evaluate`: numbers; labels, config, temperature, run id, curves) and ``<metrics>/score/<name>.json`` +
+``<info>/score/<name>.json`` (`cnf score`: the bicubic rows of Winkler Table 2 and the "Human" row of Table 3,
+computed rather than cited). With the params (``expected_results``), every experiment whose ``table`` names a
+table and every ``scores`` entry must have both files: a missing one is an error naming it, never a silently
+dropped row; every computed row must cite an MLflow run id the tracking store has. Writes
 ``tables/{winkler_table1..3, cglow_table1..5}.{md,csv,tex}`` plus ``tables/README.md``. Rows are long-format
 (one row per method and dataset/size) so that each computed row carries exactly one ``mlflow_run_id``; the
 ``source`` column says "reported (Winkler et al. 2019, Table N)" or "computed (<profile> profile)". The papers'
@@ -33,18 +37,59 @@ HISTORY_KEYS = ("train_nll", "train_bpd")  # logged by the training worker (pipe
 # ---------------------------------------------------------------------------------------------------- inputs
 
 
+def read_json(path: str | Path) -> dict:
+    """One JSON object; a file that is not valid JSON is an error naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+
 def load_json_folder(folder: str | Path) -> list[dict]:
-    """Every ``*.json`` in ``folder`` (sorted by name); a file that is not valid JSON is an error naming it."""
+    """Every ``*.json`` in ``folder`` (sorted by name), each with ``_file``; invalid JSON is an error naming it."""
     folder = Path(folder)
-    out = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from None
-        data.setdefault("_file", str(path))
-        out.append(data)
-    return out
+    return [{**read_json(path), "_file": str(path)}
+            for path in (sorted(folder.glob("*.json")) if folder.is_dir() else [])]
+
+
+def merge_result(kind: str, metrics: Mapping, info: Mapping) -> dict:
+    """One result as the tables read it: the info file with the metrics put back where they were measured
+    (``eval``: ``splits.<split>.<metric>``; ``score``: top level)."""
+    if kind == "score":
+        return {**info, **metrics}
+    splits = {name: dict(s) for name, s in (info.get("splits") or {}).items()}
+    for name, values in metrics.items():
+        splits.setdefault(name, {}).update(values)
+    return {**info, "splits": splits}
+
+
+def missing_files(metrics_dir: str | Path, info_dir: str | Path, kind: str, names: Iterable[str]) -> list[str]:
+    """The metrics and info files of the ``kind`` results ``names`` that are not there."""
+    return [str(Path(folder) / kind / f"{name}.json") for name in names for folder in (metrics_dir, info_dir)
+            if not (Path(folder) / kind / f"{name}.json").is_file()]
+
+
+def load_results(metrics_dir: str | Path, info_dir: str | Path, kind: str,
+                 names: Iterable[str] | None = None) -> list[dict]:
+    """The ``kind`` (``eval`` | ``score``) results: ``names`` (each must have its metrics and its info file, else
+    ``FileNotFoundError`` naming the missing ones), or every metrics file there is when ``names`` is None."""
+    metrics_dir, info_dir = Path(metrics_dir) / kind, Path(info_dir) / kind
+    if names is None:
+        names = [p.stem for p in sorted(metrics_dir.glob("*.json"))] if metrics_dir.is_dir() else []
+    names = list(names)
+    missing = missing_files(metrics_dir.parent, info_dir.parent, kind, names)
+    if missing:
+        raise FileNotFoundError(f"missing results: {', '.join(missing)}")
+    return [{**merge_result(kind, read_json(metrics_dir / f"{n}.json"), read_json(info_dir / f"{n}.json")),
+             "_file": str(metrics_dir / f"{n}.json")} for n in names]
+
+
+def expected_results(params) -> dict[str, list[str]]:
+    """``{"eval": experiments whose table names a table, "score": the scores entries}``: the results whose rows
+    the tables must have (``Params`` of params.yaml)."""
+    evals = [name for name, exp in params.experiments.items() if exp.table]
+    return {"eval": evals, "score": list(params.sections.get("scores") or {})}
 
 
 def _tables_of(ev: Mapping) -> list[str]:
@@ -123,7 +168,12 @@ def computed_rows(table: str, evals: Iterable[Mapping], scores: Iterable[Mapping
                                      psnr=_num(s.get("psnr")), ssim=_num(s.get("ssim")),
                                      temperature=_num(ev.get("temperature")), notes=_temperature_note(ev)))
         elif table == "winkler_table3":
-            rows.append(_row(ev, source, method=label, f1=_num(primary.get("f1")), bpd=_num(primary.get("bpd"))))
+            # Winkler Table 3: mean +/- std over runs (train.seeds); one run leaves the std columns empty.
+            n_runs = int(primary.get("n_runs") or 1)
+            rows.append(_row(ev, source, method=label, f1=_num(primary.get("f1")), f1_std=_num(primary.get("f1_std")),
+                             bpd=_num(primary.get("bpd")), bpd_std=_num(primary.get("bpd_std")),
+                             notes=f"mean +/- std over {n_runs} runs (train.seeds)" if n_runs > 1 else
+                             "one run (train.seeds: 1): no std"))
         elif table in ("cglow_table1", "cglow_table2"):
             size = (ev.get("data") or {}).get("size")
             metric = "iou" if table == "cglow_table1" else "spa"
@@ -167,7 +217,7 @@ def build_table(table: str, evals: list[Mapping], scores: list[Mapping]):
 
 
 def check_run_ids(frames: Mapping[str, Any]) -> list[str]:
-    """Run ids of computed rows that the tracking store does not know (warnings; the rows stay)."""
+    """Run ids of computed rows that the tracking store does not know."""
     ids = {str(r) for df in frames.values() for r in df["mlflow_run_id"].dropna() if str(r)}
     if not ids:
         return []
@@ -334,26 +384,46 @@ def build_figures(evals: list[Mapping], scores: list[Mapping], folder: str | Pat
 
 
 def build_all(metrics_dir: str | Path, out_dir: str | Path, figures_dir: str | Path | None,
-              profile: str | None = None, check_runs: bool = True) -> dict:
-    """Build every table (and figure) from ``metrics_dir``; returns ``{table: DataFrame}``."""
+              profile: str | None = None, check_runs: bool = True, info_dir: str | Path | None = None,
+              expected: Mapping[str, Iterable[str]] | None = None) -> dict:
+    """Build every table (and figure) from ``metrics_dir`` and ``info_dir`` (default: ``info`` beside
+    ``metrics_dir``); returns ``{table: DataFrame}``.
+
+    ``expected`` (``expected_results(params)``) names the results whose rows the tables must have: one without
+    its metrics or info file is a ``FileNotFoundError`` naming it. Without it, whatever results there are are
+    used. ``check_runs``: every computed row must cite an MLflow run id that the tracking store has, else a
+    ``ValueError`` naming the rows (``--no-check-runs`` in `cnf tables` skips that).
+    """
     metrics_dir = Path(metrics_dir)
-    evals = load_json_folder(metrics_dir / "eval")
-    scores = load_json_folder(metrics_dir / "score")
+    info_dir = Path(info_dir) if info_dir is not None else metrics_dir.parent / "info"
+    expected = expected or {}
+    missing = [path for kind, names in expected.items() for path in missing_files(metrics_dir, info_dir, kind, names)]
+    if missing:
+        raise FileNotFoundError(f"cnf tables: params.yaml asks for computed rows whose results are missing: "
+                                f"{', '.join(missing)} (run `dvc repro`, or `cnf evaluate` / `cnf score` for them)")
+    evals, scores = (load_results(metrics_dir, info_dir, kind, expected.get(kind)) for kind in ("eval", "score"))
     profile = profile or next((e.get("profile") for e in evals if e.get("profile")), None) or "unknown"
     for sc in scores:
         sc.setdefault("profile", profile)
     for ev in evals:
         table_names(_tables_of(ev), str(ev.get("_file", "an eval result")))
     frames = {name: build_table(name, evals, scores) for name in TABLE_NAMES}
-    missing = check_run_ids(frames) if check_runs else []
-    for run_id in missing:
-        print(f"warning: computed rows cite MLflow run {run_id}, which the tracking store does not have",
-              file=sys.stderr)
+    if check_runs:
+        unnamed = sorted({str(r["experiment"]) for df in frames.values()
+                          for _, r in df[df["source"].astype(str).str.startswith("computed")].iterrows()
+                          if not isinstance(r["mlflow_run_id"], str) or not r["mlflow_run_id"]})
+        if unnamed:
+            raise ValueError(f"cnf tables: computed rows of {unnamed} cite no MLflow run id (their info files have "
+                             "no mlflow_run_id: evaluate with --train-info, score with --track)")
+        unknown = check_run_ids(frames)
+        if unknown:
+            raise ValueError(f"cnf tables: computed rows cite MLflow runs the tracking store does not have: "
+                             f"{', '.join(unknown)} (tracking store: see MLFLOW_TRACKING_URI / mlflow.db)")
     for name, df in frames.items():
         write_table(name, df, out_dir)
         n = int(df["source"].astype(str).str.startswith("computed").sum())
         print(f"tables: {name}: {len(df) - n} reported + {n} computed rows", file=sys.stderr)
-    write_readme(frames, out_dir, profile, missing)
+    write_readme(frames, out_dir, profile, [])
     if figures_dir is not None:
         for path in build_figures(evals, scores, figures_dir):
             print(f"tables: figure {path}", file=sys.stderr)

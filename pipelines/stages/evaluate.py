@@ -1,15 +1,25 @@
-"""Stage `cnf evaluate`: a trained experiment on its test split (and extra splits) -> metrics JSON + MLflow.
+"""Stage `cnf evaluate`: a trained experiment on its test split (and extra splits) -> metrics, info, plot data.
 
     cnf evaluate EXPERIMENT [--params params.yaml] [--model models/<exp>.pt] [--data-root data/shards]
-                 [--out metrics/eval/<exp>.json] [--train-info runs/<exp>/train_info.json] [--figures DIR]
-                 [--sweeps metrics/sweep] [--set k=v ...]
+                 [--out metrics/eval/<exp>.json] [--info-out info/eval/<exp>.json]
+                 [--plots-out plots/eval/<exp>.json] [--train-info runs/<exp>/train_info.json] [--figures DIR]
+                 [--sweeps info/sweep] [--any-checkpoint] [--set k=v ...]
 
 Scores with ``pipelines.evaluation.evaluate_experiment``: bits/dim and the task's paper protocol
 (``pipelines/tasks/<task>.py``), sampling at ``eval.temperature``, or at the temperature `cnf sweep` chose on a
-validation split when ``sweeps.<exp>.select`` is set (recorded as ``temperature_selection``). The experiment's
-``table`` names must be tables of ``pipelines.reporting.reported``; an unknown one is refused before any work.
-Writes ``--out`` atomically with the ``mlflow_run_id`` of the experiment's training run (read from
-``runs/<exp>/train_info.json``) and logs ``eval.<split>.<metric>`` metrics and plots to a run nested under it.
+validation split when ``sweeps.<exp>.select`` is set (read from ``<sweeps>/<exp>.json``, the sweep's info
+file). The experiment's ``table`` names must be tables of ``pipelines.reporting.reported``, and the checkpoint
+must be one of this experiment (the experiment name `cnf train` stored in it, and its model config; an
+override: ``--any-checkpoint``); either is refused before any work. Writes atomically:
+
+- ``--out``: ``{split: {metric: number}}``, the task's summary metrics only (what ``dvc metrics`` shows);
+- ``--info-out``: labels, model config, temperature (and how it was chosen), the ``mlflow_run_id`` of the
+  training run (read from ``--train-info``) and per split everything else (counts, keys, per-image values,
+  the PR curve and samples for vessels);
+- ``--plots-out``: the PR curves as records ``{split, threshold, precision, recall, f1}`` for ``dvc plots``
+  (an empty list for tasks without one).
+
+Logs ``eval.<split>.<metric>`` metrics, figures and both files to a run nested under the training run.
 """
 from __future__ import annotations
 
@@ -23,11 +33,21 @@ from pipelines.stages._args import add_trained_model_arguments
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_trained_model_arguments(parser)
-    parser.add_argument("--out", default=None, help="metrics JSON (default metrics/eval/<exp>.json)")
+    parser.add_argument("--out", default=None, help="metrics JSON, numbers only (default metrics/eval/<exp>.json)")
+    parser.add_argument("--info-out", default=None,
+                        help="bookkeeping JSON: labels, config, temperature, run id, per-image values, curves "
+                             "(default info/eval/<exp>.json)")
+    parser.add_argument("--plots-out", default=None,
+                        help="PR curve records for `dvc plots` (default plots/eval/<exp>.json)")
+    parser.add_argument("--seeds-dir", default=None,
+                        help="the other runs of an experiment with train.seeds > 1 (`cnf train --seeds-out`; "
+                             "default models/<exp>.seeds): metrics are the mean over runs, with <metric>_std")
+    parser.add_argument("--any-checkpoint", action="store_true",
+                        help="evaluate --model even if it is a checkpoint of another experiment or config")
     parser.add_argument("--figures", default=None, help="also write the PR figures here (default: MLflow only)")
-    parser.add_argument("--sweeps", default="metrics/sweep",
-                        help="folder of `cnf sweep` outputs: an experiment with sweeps.<exp>.select in params.yaml "
-                             "is evaluated at the temperature its sweep chose (<folder>/<exp>.json)")
+    parser.add_argument("--sweeps", default="info/sweep",
+                        help="folder of `cnf sweep` info files: an experiment with sweeps.<exp>.select in "
+                             "params.yaml is evaluated at the temperature its sweep chose (<folder>/<exp>.json)")
 
 
 def sampling_temperature(exp, sections, sweeps_dir) -> tuple[float, dict | None]:
@@ -49,7 +69,9 @@ def sampling_temperature(exp, sections, sweeps_dir) -> tuple[float, dict | None]
     if not selection or selection.get("metric") != entry.select:
         raise ValueError(f"{path}: no temperature chosen by {entry.select!r} (found {selection!r}); rerun "
                          f"`cnf sweep {exp.name}` with the current params.yaml")
-    return float(selection["temperature"]), {**selection, "source": str(path)}
+    from pipelines.evaluation.outputs import relative_path
+
+    return float(selection["temperature"]), {**selection, "source": relative_path(path) or path.name}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,9 +79,10 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from flowlib.checkpoint import load_model
-    from pipelines.evaluation.experiment import (eval_dataset, eval_figures, evaluate_experiment, scalar_metrics,
-                                                 train_run_id)
+    from pipelines.evaluation.experiment import (eval_dataset, eval_figures, eval_outputs, evaluate_experiment,
+                                                 load_experiment_model, scalar_metrics, train_run_id)
+    from pipelines.evaluation.outputs import pr_records, relative_path
+    from pipelines.evaluation.seeds import aggregate_seed_results, seed_model_paths
     from pipelines.io import write_json
     from pipelines.params import load_params
     from pipelines.reporting.reported import table_names
@@ -68,44 +91,63 @@ def run(args: argparse.Namespace) -> int:
     params = load_params(args.params, args.overrides, experiment=args.experiment)
     exp = params.experiment(args.experiment)
     tables = table_names(exp.table, f"experiments.{exp.name}.table")
-    temperature, selection = sampling_temperature(exp, params.sections, args.sweeps)
     model_path = args.model or f"models/{exp.name}.pt"
+    try:
+        runs = seed_model_paths(exp, model_path, args.seeds_dir)
+        models = [load_experiment_model(run_exp, path, any_checkpoint=args.any_checkpoint) for run_exp, path in runs]
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"cnf evaluate {exp.name}: error: {exc}", file=sys.stderr)
+        return 2
+    temperature, selection = sampling_temperature(exp, params.sections, args.sweeps)
     out_path = Path(args.out or f"metrics/eval/{exp.name}.json")
-    run_id = train_run_id(args.train_metrics or f"runs/{exp.name}/train_info.json")
+    info_path = Path(args.info_out or f"info/eval/{exp.name}.json")
+    plots_path = Path(args.plots_out or f"plots/eval/{exp.name}.json")
+    train_info = args.train_metrics or f"runs/{exp.name}/train_info.json"
+    run_id = train_run_id(train_info)
 
-    torch.manual_seed(args.seed)
-    model = load_model(model_path)
-    results = evaluate_experiment(exp, model, args.data, seed=args.seed, temperature=temperature)
-    payload = {
+    per_run = []
+    for (run_exp, path), model in zip(runs, models):
+        if len(runs) > 1:
+            print(f"[{exp.name}] evaluating run {len(per_run) + 1}/{len(runs)}: {path}", file=sys.stderr, flush=True)
+        torch.manual_seed(args.seed)
+        per_run.append(evaluate_experiment(exp, model, args.data, seed=args.seed, temperature=temperature))
+    task = get_task(exp.task)
+    results = aggregate_seed_results(per_run, task.summary_metrics, [run_exp.train.seed for run_exp, _ in runs])
+    info = {
         "experiment": exp.name, "paper": exp.paper, "tables": list(tables), "task": exp.task,
-        "profile": params.profile, "mlflow_run_id": run_id, "checkpoint": str(model_path),
+        "profile": params.profile, "mlflow_run_id": run_id, "checkpoint": relative_path(model_path),
         "model": exp.model.build_options() | {"family": exp.model.family},
-        "data": {"dataset": exp.data.dataset, "size": exp.data.size, "eval_split": exp.data.eval_split,
-                 "eval_dataset": eval_dataset(exp)},
+        "data": {k: v for k, v in {"dataset": exp.data.dataset, "size": exp.data.size,
+                                   "eval_split": exp.data.eval_split, "eval_dataset": eval_dataset(exp)}.items()
+                 if v is not None},
         "n_samples": exp.eval.n_samples, "temperature": temperature, "temperature_selection": selection,
-        "seed": args.seed,
-        "primary": exp.data.eval_split, "splits": results,
+        "seed": args.seed, "primary": exp.data.eval_split, "plots": relative_path(plots_path),
+        "seed_checkpoints": [relative_path(path) for _, path in runs] if len(runs) > 1 else None,
     }
+    records = pr_records(results)
     if run_id:
         from pipelines import tracking
 
         # A run nested under the training run; the training run itself when the recorded one is gone.
         run_id, stage_run = tracking.open_stage_run(tracking.experiment_name(exp.paper, params.mlflow.experiment_prefix),
                                                     exp.name, "evaluate", run_id)
-        payload["mlflow_run_id"] = run_id
+        info["mlflow_run_id"] = run_id
+        metrics, info = eval_outputs(exp, results, **info)
         with tracking.closing_run(stage_run):
             tracking.log_metrics(stage_run, scalar_metrics(results))
             with tempfile.TemporaryDirectory() as tmp:
                 for path in eval_figures(exp.name, results, args.figures or tmp):
                     tracking.log_artifact(stage_run, path, "figures")
-                summary_file = write_json(Path(tmp) / "eval.json", payload)
-                tracking.log_artifact(stage_run, summary_file, "eval")
+                for name, payload in (("metrics", metrics), ("info", info), ("pr", records)):
+                    tracking.log_artifact(stage_run, write_json(Path(tmp) / f"{name}.json", payload), "eval")
     else:
-        print(f"warning: no mlflow_run_id in {args.train_metrics or f'runs/{exp.name}/train_info.json'}; "
-              "metrics are not tracked", file=sys.stderr)
+        print(f"warning: no mlflow_run_id in {train_info}; metrics are not tracked", file=sys.stderr)
+        metrics, info = eval_outputs(exp, results, **info)
         if args.figures:
             eval_figures(exp.name, results, args.figures)
-    write_json(out_path, payload)
+    write_json(plots_path, records)
+    write_json(info_path, info)
+    write_json(out_path, metrics)
     primary = results[exp.data.eval_split]
     print(json.dumps({"experiment": exp.name, "mlflow_run_id": run_id,
                       **{k: primary[k] for k in ("n", *get_task(exp.task).summary_metrics) if k in primary}}))

@@ -1,18 +1,26 @@
-"""Stage `cnf sweep`: metrics and sample grids of a trained experiment across sampling temperatures.
+"""Stage `cnf sweep`: a trained experiment across sampling temperatures.
 
     cnf sweep EXPERIMENT [--params params.yaml] [--model models/<exp>.pt] [--data-root data/shards]
-              [--out metrics/sweep/<exp>.json] [--figures figures] [--temperatures T,T,...] [--set k=v ...]
+              [--out metrics/sweep/<exp>.json] [--info-out info/sweep/<exp>.json]
+              [--plots-out plots/sweep/<exp>.json] [--figures figures] [--temperatures T,T,...]
+              [--any-checkpoint] [--set k=v ...]
 
 For each temperature of ``sweep.temperatures`` (default 0, 0.5, 0.8, 1.0; temperature scales every prior
 std, 0 decodes the prior means) the experiment's sweep split (``sweep.split``, else the eval split) and its
 ``eval.extra_splits`` (the SR test sets) are scored with the evaluation protocol of `cnf evaluate`
 (prediction = mean of ``sweep.n_samples`` or ``eval.n_samples`` samples; ``pipelines.evaluation.sweep``).
 With ``sweeps.<exp>.select: <metric>`` in params.yaml the temperature with the best metric on the sweep split
-is chosen (``selection`` in the output), and `cnf evaluate` uses it for every split (Winkler et al. 2019,
-Table 2). A sample grid for fixed inputs (the first batch of the sweep split: input, one sample per
-temperature, ground truth; Winkler et al. 2019, Figure 3) and a metric-vs-temperature plot go to ``figures/``
-and to the experiment's MLflow run (``sweep.<metric>`` at step = round(100 T)). Writes
-``metrics/sweep/<exp>.json``.
+is chosen (``selection`` in the info file), and `cnf evaluate` uses it for every split (Winkler et al. 2019,
+Table 2). The checkpoint must be one of this experiment (as in `cnf evaluate`). Writes atomically:
+
+- ``--out``: ``{split: {metric: best value over the temperatures}}`` (highest; lowest for bpd), numbers only;
+- ``--info-out``: labels, the temperatures, ``selection`` (metric, temperature, split, dataset, value, rule),
+  the temperature each best value was reached at, the splits' datasets, the figures, ``mlflow_run_id``;
+- ``--plots-out``: the curves, one record ``{temperature, split, metric, value}`` per value, for ``dvc plots``.
+
+A sample grid for fixed inputs (the first batch of the sweep split: input, one sample per temperature, ground
+truth; Winkler et al. 2019, Figure 3) and a metric-vs-temperature plot go to ``--figures`` and to the
+experiment's MLflow run (``sweep.<metric>`` at step = round(100 T)).
 """
 from __future__ import annotations
 
@@ -27,21 +35,23 @@ from pipelines.stages._args import add_trained_model_arguments
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_trained_model_arguments(parser)
-    parser.add_argument("--out", default=None, help="default metrics/sweep/<exp>.json")
+    parser.add_argument("--out", default=None, help="metrics JSON, numbers only (default metrics/sweep/<exp>.json)")
+    parser.add_argument("--info-out", default=None,
+                        help="bookkeeping JSON: temperatures, selection, run id (default info/sweep/<exp>.json)")
+    parser.add_argument("--plots-out", default=None,
+                        help="metric-vs-temperature records for `dvc plots` (default plots/sweep/<exp>.json)")
+    parser.add_argument("--any-checkpoint", action="store_true",
+                        help="sweep --model even if it is a checkpoint of another experiment or config")
     parser.add_argument("--figures", default="figures")
     parser.add_argument("--temperatures", default=None, help="comma-separated, overrides sweep.temperatures")
 
 
-def _scalars(summary: dict) -> dict:
-    return {k: v for k, v in summary.items() if not isinstance(v, (list, dict))}
-
-
 def run(args: argparse.Namespace) -> int:
-    from flowlib.checkpoint import load_model
-    from pipelines.evaluation.experiment import train_run_id
+    from pipelines.evaluation.experiment import load_experiment_model, train_run_id
+    from pipelines.evaluation.outputs import relative_path
     from pipelines.evaluation.split import finite_scalars
     from pipelines.evaluation.sweep import (GRID_INPUTS, grid_batch, select_temperature, sweep_entry,
-                                            sweep_experiment, sweep_splits, temperature_grid)
+                                            sweep_experiment, sweep_outputs, sweep_splits, temperature_grid)
     from pipelines.io import write_json
     from pipelines.params import load_params
     from pipelines.reporting import figures
@@ -59,15 +69,22 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"sweeps.{exp.name}.select: {entry.select!r} is not a metric of task {exp.task!r}; "
                          f"expected one of {list(task.summary_metrics)}")
     model_path = args.model or f"models/{exp.name}.pt"
+    try:
+        model = load_experiment_model(exp, model_path, any_checkpoint=args.any_checkpoint)
+    except ValueError as exc:
+        print(f"cnf sweep {exp.name}: error: {exc}", file=sys.stderr)
+        return 2
     out_path = Path(args.out or f"metrics/sweep/{exp.name}.json")
+    info_path = Path(args.info_out or f"info/sweep/{exp.name}.json")
+    plots_path = Path(args.plots_out or f"plots/sweep/{exp.name}.json")
     run_id = train_run_id(args.train_metrics or f"runs/{exp.name}/train_info.json")
-    model = load_model(model_path)
     model.eval()
 
     by_split = sweep_experiment(exp, model, args.data, temps, seed=args.seed)
     splits = sweep_splits(exp)
     split = next(iter(splits))
     results = by_split[split]
+    metrics, best_at, records = sweep_outputs(task, by_split)
 
     batch = grid_batch(exp, args.data, seed=args.seed)
     rows = temperature_grid(model, batch, temps, task, args.seed)
@@ -79,43 +96,47 @@ def run(args: argparse.Namespace) -> int:
                             title=f"{exp.name}: samples per temperature ({split})"),
         figures.metric_vs_temperature(results, keys, figs / f"{exp.name}_temperature_metrics.png", title=exp.name),
     ]
-    payload = {"experiment": exp.name, "paper": exp.paper, "task": exp.task, "profile": params.profile,
-               "mlflow_run_id": run_id, "split": split, "dataset": splits[split]["dataset"],
-               "n_samples": exp.sweep.n_samples or exp.eval.n_samples, "temperatures": temps,
-               "results": {f"{t:g}": _scalars(s) for t, s in results.items()},
-               "test_splits": {name: {"dataset": splits[name]["dataset"], "split": splits[name].get("split", "test"),
-                                      "results": {f"{t:g}": _scalars(s) for t, s in by_split[name].items()}}
-                               for name in splits if name != split},
-               "figures": [str(p) for p in paths], "grid_keys": list(batch.get("key", []))[:GRID_INPUTS]}
+    info = {"experiment": exp.name, "paper": exp.paper, "task": exp.task, "profile": params.profile,
+            "mlflow_run_id": run_id, "split": split, "dataset": splits[split]["dataset"],
+            "n_samples": exp.sweep.n_samples or exp.eval.n_samples, "temperatures": temps,
+            "splits": {name: {"dataset": spec["dataset"], "split": spec.get("split", "test"),
+                              "n": next(iter(by_split[name].values())).get("n")} for name, spec in splits.items()},
+            "best_at": best_at, "plots": relative_path(plots_path),
+            "figures": [p for p in (relative_path(p) for p in paths) if p] or None,
+            "grid_keys": list(batch.get("key", []))[:GRID_INPUTS]}
     if entry is not None and entry.select is not None:
         chosen = select_temperature(results, entry.select)
-        payload["selection"] = {"metric": entry.select, "temperature": chosen, "split": split,
-                                "dataset": splits[split]["dataset"], "value": results[chosen].get(entry.select),
-                                "rule": f"the temperature of {temps} with the best {entry.select} on {split} "
-                                        "(ties: the lowest)"}
+        info["selection"] = {"metric": entry.select, "temperature": chosen, "split": split,
+                             "dataset": splits[split]["dataset"], "value": results[chosen].get(entry.select),
+                             "rule": f"the temperature of {temps} with the best {entry.select} on {split} "
+                                     "(ties: the lowest)"}
     if run_id:
         from pipelines import tracking
 
         run_id, stage_run = tracking.open_stage_run(tracking.experiment_name(exp.paper, params.mlflow.experiment_prefix),
                                                     exp.name, "sweep", run_id)
-        payload["mlflow_run_id"] = run_id
+        info["mlflow_run_id"] = run_id
         with tracking.closing_run(stage_run):
             for t, s in results.items():
                 tracking.log_metrics(stage_run, {f"sweep.{k}": v for k, v in finite_scalars(s).items()}
                                      | {"sweep.temperature": t}, step=int(round(100 * t)))
-            for name in payload["test_splits"]:
+            for name in splits:
+                if name == split:
+                    continue
                 for t, s in by_split[name].items():
                     tracking.log_metrics(stage_run, {f"sweep.{name}.{k}": v for k, v in finite_scalars(s).items()},
                                          step=int(round(100 * t)))
-            if "selection" in payload:
-                tracking.log_metrics(stage_run, {"sweep.selected_temperature": payload["selection"]["temperature"]})
+            if "selection" in info:
+                tracking.log_metrics(stage_run, {"sweep.selected_temperature": info["selection"]["temperature"]})
             for p in paths:
                 tracking.log_artifact(stage_run, p, "figures")
     else:
         print(f"warning: no mlflow_run_id for {exp.name}; sweep not tracked", file=sys.stderr)
-    write_json(out_path, payload)
+    write_json(plots_path, records)
+    write_json(info_path, {k: v for k, v in info.items() if v is not None})
+    write_json(out_path, metrics)
     print(json.dumps({"experiment": exp.name, "temperatures": temps,
                       **{k: [results[t].get(k) for t in temps] for k in keys},
-                      **({"selected_temperature": payload["selection"]["temperature"]} if "selection" in payload
+                      **({"selected_temperature": info["selection"]["temperature"]} if "selection" in info
                          else {})}))
     return 0

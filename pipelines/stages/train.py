@@ -3,7 +3,9 @@
 Argument parsing and output only: ``pipelines.training.driver.train_experiment`` does the work (resume or
 discard the stored run, MLflow, Ray, fit, artifacts). Writes ``--model-out`` (final flowlib checkpoint),
 ``--metrics-out`` (scalar metrics JSON: steps, final train NLL and bits/dim, samples/s, skipped steps),
-``--info-out`` (the run's bookkeeping: MLflow run id, registered model, paths, manifest digest, timings) and
+``--info-out`` (the run's bookkeeping: MLflow run id, registered model, paths, manifest digest, timings),
+``--plots-out`` (the training curves ``[{step, train_nll, train_bpd}]`` for `dvc plots`), ``--seeds-out``
+(with ``train.seeds`` N > 1, runs 1..N-1 of the experiment, each with its own seed, Ray and MLflow run) and
 MLflow artifacts (``checkpoint/model.pt``, the registered ``model``, ``config/<exp>.yaml``, ``samples/*.png``).
 Ctrl-C and SIGTERM stop it with the MLflow run marked KILLED (exit 130); rerunning resumes.
 A stored run is resumed only if it was trained with the same config, dataset and training code
@@ -45,6 +47,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-out", help="scalar metrics JSON (default: metrics/train/<experiment>.json)")
     parser.add_argument("--info-out", help="run bookkeeping JSON: MLflow run id, paths, timings (default: "
                                            "<state-dir>/train_info.json, i.e. runs/<experiment>/train_info.json)")
+    parser.add_argument("--plots-out", help="training curves for `dvc plots`: [{step, train_nll, train_bpd}, ...] "
+                                            "from the MLflow run (default: not written)")
+    parser.add_argument("--seeds-out", help="folder of the other runs when train.seeds > 1 (run k: seed<k>.pt, "
+                                             "seed<k>.json metrics, seed<k>.info.json); created, empty, for one "
+                                             "seed so that DVC can declare it (default: models/<experiment>.seeds)")
     parser.add_argument("--num-cpus", type=int, default=None,
                         help="CPUs for a local Ray instance (default: what the workers need, at least all cores)")
     parser.add_argument("--fresh", action="store_true",
@@ -74,7 +81,32 @@ def run_paths(args: argparse.Namespace, exp):
                                                else Path("runs") / exp.name))),
         model_out=Path(_abs(args.model_out or Path("models") / f"{exp.name}.pt")),
         metrics_out=Path(_abs(args.metrics_out or Path("metrics") / "train" / f"{exp.name}.json")),
-        info_out=Path(_abs(args.info_out)) if args.info_out else None)
+        info_out=Path(_abs(args.info_out)) if args.info_out else None,
+        plots_out=Path(_abs(args.plots_out)) if getattr(args, "plots_out", None) else None)
+
+
+def seed_run_paths(exp, paths, k: int, seeds_dir: Path):
+    """``(experiment, paths)`` of seed run ``k`` > 0: its Ray run and state beside the experiment's
+    (``<exp>-seed<k>``), its model, metrics and bookkeeping in ``seeds_dir`` (``seed<k>.pt``, ``.json``,
+    ``.info.json``); no plot data (the experiment's curves are run 0's)."""
+    import dataclasses
+
+    run_exp = exp.seed_run(k)
+    return run_exp, dataclasses.replace(
+        paths, state_dir=paths.state_dir.with_name(f"{paths.state_dir.name}-seed{k}"),
+        model_out=seeds_dir / f"seed{k}.pt", metrics_out=seeds_dir / f"seed{k}.json",
+        info_out=seeds_dir / f"seed{k}.info.json", plots_out=None)
+
+
+def keep_seed_files(seeds_dir: Path, seeds: int) -> None:
+    """Create ``seeds_dir`` and remove the files of seed runs >= ``seeds`` (left by a run with more seeds)."""
+    import re
+
+    seeds_dir.mkdir(parents=True, exist_ok=True)
+    for path in seeds_dir.iterdir():
+        m = re.fullmatch(r"seed(\d+)(\.pt|\.json|\.info\.json)", path.name)
+        if m and int(m.group(1)) >= seeds:
+            path.unlink()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,11 +127,21 @@ def run(args: argparse.Namespace) -> int:
 
     exp = params.experiment(args.experiment)
     paths = run_paths(args, exp)
+    seeds_dir = Path(_abs(args.seeds_out or Path("models") / f"{exp.name}.seeds"))
+    runs = [(exp, paths)] + [seed_run_paths(exp, paths, k, seeds_dir) for k in range(1, exp.train.seeds)]
     try:
         with terminate_as_interrupt():
-            out = train_experiment(exp, params, paths, num_cpus=args.num_cpus, fresh=args.fresh,
-                                   samples=not args.no_samples, t_start=t_start,
-                                   resume_any_code=args.resume_any_code, crash=crash_from_environment(paths.state_dir))
+            for k, (run_exp, run_paths_k) in enumerate(runs):
+                if exp.train.seeds > 1:
+                    print(f"[{exp.name}] seed run {k + 1}/{exp.train.seeds}: {run_exp.name}, train.seed "
+                          f"{run_exp.train.seed}", flush=True)
+                result = train_experiment(run_exp, params, run_paths_k, num_cpus=args.num_cpus, fresh=args.fresh,
+                                          samples=not args.no_samples and k == 0,
+                                          t_start=t_start if k == 0 else None, resume_any_code=args.resume_any_code,
+                                          crash=crash_from_environment(run_paths_k.state_dir))
+                if k == 0:
+                    out = result
+        keep_seed_files(seeds_dir, exp.train.seeds)
     except KeyboardInterrupt as exc:
         print(f"cnf train {exp.name}: interrupted ({exc or 'Ctrl-C'}); the MLflow run is marked KILLED and the "
               "last checkpoint is kept: rerun the same command to resume", file=sys.stderr)

@@ -2,8 +2,9 @@
 
 ``init_ray`` joins the cluster at ``$RAY_ADDRESS`` ("auto", "host:port" or "ray://...") with token auth switched
 on for addresses on this machine that have a token (``token_auth_for_local_cluster``), or starts a private
-instance (``address="local"``, never someone else's cluster). ``worker_env`` is the environment the workers need
-to reach the same services.
+instance (``address="local"``, never someone else's cluster), then starts the cluster-wide actor that Ray Train's
+controller otherwise creates on first use with a too-short timeout (``start_autoscaling_coordinator``).
+``worker_env`` is the environment the workers need to reach the same services.
 """
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ from pathlib import Path
 # Environment a worker on a remote cluster needs to reach the same services (no secrets: configure those on
 # the cluster itself).
 FORWARD_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
+
+
+# How long the cluster may take to start Ray's AutoscalingCoordinator actor (a new worker process that imports
+# Ray Data): generous, since a loaded 2-core machine needs 5-15 s, but bounded so a broken cluster fails the run.
+COORDINATOR_START_TIMEOUT_S = 180
 
 
 class RayConnectError(RuntimeError):
@@ -68,6 +74,7 @@ def init_ray(num_cpus_needed: float, num_cpus: int | None, use_gpu: bool):
     import ray
 
     if ray.is_initialized():
+        start_autoscaling_coordinator(ray)
         return ray
     if address:
         # The driver only disconnects when it exits: the cluster stays up for the next stage.
@@ -82,9 +89,76 @@ def init_ray(num_cpus_needed: float, num_cpus: int | None, use_gpu: bool):
         # address="local" forces a private instance: a bare ray.init() silently joins any cluster that a
         # `ray start` on this machine left behind (another user's, with other resources and lifetime).
         cpus = num_cpus or max(int(num_cpus_needed + 0.999), os.cpu_count() or 1)
+        port = _free_port()
         ray.init(address="local", num_cpus=cpus, num_gpus=None if use_gpu else 0, include_dashboard=False,
+                 dashboard_port=port, runtime_env={"env_vars": state_api_env(port)},
                  log_to_driver=True, configure_logging=False)
+    start_autoscaling_coordinator(ray)
     return ray
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def state_api_env(dashboard_port: int) -> dict[str, str]:
+    """The environment that points Ray's State API clients in this job's actors at this instance's dashboard port.
+
+    Ray Train's ``PlacementGroupCleaner`` actor asks the State API (served by the dashboard) every second whether
+    the controller is alive, with no address: Ray then looks for "the" cluster on this machine
+    (``services.canonicalize_bootstrap_address_or_die``): ``/tmp/ray/ray_current_cluster`` (the last
+    `ray start`, possibly another user's cluster) or, failing that, every running GCS process. With a second
+    Ray instance on the machine its monitor thread died with ``ConnectionError: Found multiple active Ray
+    instances`` (a traceback in the driver's output) or asked the other cluster about our controller.
+    ``RAY_API_SERVER_ADDRESS`` is the first thing that lookup reads. Without the dashboard (not installed with
+    ``ray[train]``) nothing answers there, which the cleaner reports as a warning and retries; with it, this is
+    where it serves.
+    """
+    return {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}"}
+
+
+def start_autoscaling_coordinator(ray) -> None:
+    """Start Ray's ``AutoscalingCoordinator`` actor (when this Ray has one) and wait until it serves calls.
+
+    Ray Train 2.60's controller registers the run's resources with this detached, named actor as its first act
+    and again when it shuts down, each time waiting ``AUTOSCALING_REQUESTS_GET_TIMEOUT_S`` = 5 s
+    (``ray/train/v2/_internal/execution/scaling_policy/autoscaling_coordinator_client.py``). The first call also
+    creates the actor: a new worker process that imports Ray Data and lists the nodes, which on a busy 2-core
+    machine takes longer than 5 s. The controller then logged "Failed to send resource request" with a
+    ``GetTimeoutError: Get timed out: some object(s) not ready`` traceback (harmless, but it
+    reads like a failure). Created here first, with the options the controller uses (same name and namespace,
+    ``get_if_exists``, on this node, where the controller is placed too), the controller finds it running and
+    its calls return at once. Idempotent: a running coordinator is reused.
+    """
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+    except ImportError:  # another Ray version: nothing to start (its controller does not use one, or has moved)
+        return
+    coordinator = get_or_create_autoscaling_coordinator()
+    try:
+        ray.get(coordinator.__ray_ready__.remote(), timeout=COORDINATOR_START_TIMEOUT_S)
+    except Exception as exc:
+        raise RayConnectError(f"Ray's AutoscalingCoordinator actor did not start within "
+                              f"{COORDINATOR_START_TIMEOUT_S} s ({type(exc).__name__}: {exc}); is the cluster "
+                              "overloaded or out of memory (`ray status`)?") from exc
+
+
+def release_ray(ray) -> None:
+    """Disconnect from Ray once a fit is over; a private local instance (``init_ray`` without ``$RAY_ADDRESS``)
+    is shut down with it, a joined cluster stays up.
+
+    By then the Train controller has shut its worker group down and stopped its helpers. Left to the interpreter's
+    exit hook, the private instance (raylet, GCS, idle workers, log forwarding) would keep running, and printing
+    its late log lines, through the export that follows (MLflow model logging, sample grids) on the same cores.
+    """
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def worker_env(tracking_uri: str) -> dict[str, str]:

@@ -8,13 +8,14 @@
 3. ``prepare_stored_run``: resume or discard what ``<storage>/<experiment>`` holds (``pipelines.training.resume``);
 4. ``start_tracking``: open (or reopen) the experiment's MLflow run, log params, MLflow's source tags, the
    training shards as a dataset input and the config;
-5. ``fit``: connect to Ray (``pipelines.training.cluster``) and run ``train_loop_per_worker`` on
-   ``scaling.num_workers`` workers;
+5. ``fit``: connect to Ray (``pipelines.training.cluster``), run ``train_loop_per_worker`` on
+   ``scaling.num_workers`` workers, and disconnect (a private local instance is shut down);
 6. ``export_results``: copy the final checkpoint to ``model_out``, log it (as an artifact and in MLflow's model
    format, registered as a version of the registered model ``<prefix><experiment>``) and sample grids
    (``pipelines.training.grids``) to MLflow;
 7. ``summarize``: the scalar metrics written to ``metrics_out`` (what `dvc metrics diff` compares) and the run's
-   bookkeeping and timings written to ``info_out`` (run ids, paths, manifest digest, wall/fit/start-up seconds).
+   bookkeeping and timings written to ``info_out`` (run ids, paths, manifest digest, wall/fit/start-up seconds);
+   with ``plots_out``, the training curves read back from the run (``training_curve``) for `dvc plots`.
 
 The MLflow run is closed on every way out (``tracking.closing_run``): FINISHED, FAILED on an error (also one
 after training, e.g. an unwritable ``model_out``), KILLED on Ctrl-C or SIGTERM. MLflow's system metrics monitor
@@ -72,6 +73,7 @@ class RunPaths:
     model_out: Path
     metrics_out: Path  # scalar metrics only
     info_out: Path | None = None  # run bookkeeping and timings (default <state_dir>/train_info.json)
+    plots_out: Path | None = None  # the training curves for `dvc plots` (not written when None)
 
     @property
     def info_file(self) -> Path:
@@ -168,11 +170,11 @@ def start_tracking(exp, params, experiment: Mapping[str, Any], dataset: Dataset,
 
 def fit(job, storage: str, num_cpus: int | None = None):
     """Run ``train_loop_per_worker`` for ``job`` (a ``TrainJob``) on its ``scaling``; returns Ray's ``Result``."""
-    from pipelines.training.cluster import init_ray, worker_env
+    from pipelines.training.cluster import init_ray, release_ray, worker_env
 
     exp = job.experiment
     scaling = exp.scaling
-    init_ray(scaling.num_workers * scaling.cpus_per_worker, num_cpus, scaling.use_gpu)
+    ray = init_ray(scaling.num_workers * scaling.cpus_per_worker, num_cpus, scaling.use_gpu)
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -191,7 +193,11 @@ def fit(job, storage: str, num_cpus: int | None = None):
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              worker_runtime_env={"env_vars": worker_env(job.tracking_uri)}),
     )
-    return raise_if_fatal(trainer.fit(), exp.name)  # divergence, config errors: not retried, no model
+    result = trainer.fit()
+    # The controller has finished; the export after this needs no Ray. Not on an error or interrupt: shutting Ray
+    # down under a fit that SIGTERM cut short aborts the process (exit -6) before the MLflow run is marked KILLED.
+    release_ray(ray)
+    return raise_if_fatal(result, exp.name)  # divergence, config errors: not retried, no model
 
 
 def registered_model_name(exp, params) -> str:
@@ -256,6 +262,25 @@ def summarize(exp, params, metrics: Mapping[str, Any], *, run_id: str, dataset: 
     return clean(scalars), clean(info)
 
 
+CURVE_KEYS = ("train_nll", "train_bpd")  # logged every train.log_every steps by the worker (_log_step)
+
+
+def training_curve(run_id: str, keys=CURVE_KEYS) -> list[dict]:
+    """``[{step, train_nll, train_bpd}, ...]`` read back from the MLflow run's metric history (single-valued per
+    step: a resumed fit does not log the replayed steps again); a key missing at a step is left out."""
+    from mlflow import MlflowClient
+
+    from pipelines import tracking
+
+    client = MlflowClient(tracking_uri=tracking.tracking_uri())
+    rows: dict[int, dict] = {}
+    for key in keys:
+        for m in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp)):
+            if m.value == m.value:  # NaN (a skipped step) is no point of a curve
+                rows.setdefault(int(m.step), {"step": int(m.step)})[key] = float(m.value)
+    return [rows[step] for step in sorted(rows)]
+
+
 def train_experiment(exp, params, paths: RunPaths, *, num_cpus: int | None = None, fresh: bool = False,
                      samples: bool = True, t_start: float | None = None, resume_any_code: bool = False,
                      crash: CrashOnce | None = None) -> dict:
@@ -290,4 +315,6 @@ def train_experiment(exp, params, paths: RunPaths, *, num_cpus: int | None = Non
                                  step=scalars["steps"])
             write_text(paths.info_file, json.dumps(info, indent=2) + "\n")
             write_text(paths.metrics_out, json.dumps(scalars, indent=2) + "\n")
+            if paths.plots_out is not None:
+                write_text(paths.plots_out, json.dumps(training_curve(run_id), indent=2) + "\n")
         return {**info, **scalars}

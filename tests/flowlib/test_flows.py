@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from torch.autograd.functional import jacobian
 
 from flowlib.actnorm import ActNorm
 from flowlib.flows import build_flow
@@ -198,3 +199,123 @@ def test_size_errors_name_the_shape_and_the_multiple():
     y, x = torch.randn(1, 1, 8, 8, dtype=torch.float64), torch.rand(1, 2, 8, 8, dtype=torch.float64)
     assert torch.isfinite(cglow.log_prob(y, x)).all() and cglow.sample(x).shape == (1, 1, 8, 8)
     assert torch.isfinite(cglow.log_prob(y, torch.rand(1, 2, 16, 16, dtype=torch.float64))).all()
+
+
+# ------------------------------------------------------------------------------- c-Glow's priors (issue 12)
+
+
+def _prior_terms(flow, latents, conds):
+    """``log p`` of the latents under the split priors and the top prior given ``conds``: the sampling path
+    (the kept half ``z_0`` of level ``l`` is level ``l + 1``'s input, decoded from the deeper latents)."""
+    z = latents[-1]
+    total = flow.prior.log_prob(z, conds[-1])
+    for l in reversed(range(len(flow.levels))):
+        if l < len(flow.levels) - 1:
+            total = total + flow.split_priors[l].log_prob(latents[l], torch.cat([z, conds[l]], dim=1))
+            z = torch.cat([z, latents[l]], dim=1)
+        z, _ = flow.levels[l].inverse(z, conds[l])
+    return total
+
+
+def _cglow_pair(priors=None, levels=2, scale=0.2):
+    flow = perturbed_flow("cglow", (1, 4, 4), (2, 4, 4), levels=levels, scale=scale,
+                          **({} if priors is None else {"priors": priors}))
+    gen = torch.Generator().manual_seed(11)
+    y = torch.randn(2, 1, 4, 4, dtype=torch.float64, generator=gen)
+    x1, x2 = (torch.rand(2, 2, 4, 4, dtype=torch.float64, generator=gen) for _ in range(2))
+    return flow, y, x1, x2
+
+
+def test_cglow_default_priors_are_the_papers_and_do_not_see_x():
+    from flowlib.priors import ConditionalPrior, ConditionalSplitPrior, DiagonalGaussian, SplitPrior
+
+    flow, y, x1, x2 = _cglow_pair()
+    assert flow.config["priors"] == "unconditional"
+    assert isinstance(flow.prior, DiagonalGaussian) and not isinstance(flow.prior, ConditionalPrior)
+    assert [type(p) for p in flow.split_priors] == [SplitPrior]
+    assert not isinstance(flow.split_priors[0], ConditionalSplitPrior)
+    with torch.no_grad():
+        latents = flow.encode(y, x1)
+        c1, c2 = flow.conditions(x1), flow.conditions(x2)
+        assert not torch.allclose(c1[-1], c2[-1])
+        z_keep = flow.levels[1].inverse(latents[-1], c1[1])[0]  # z_0 of level 0: level 1's input
+        split = flow.split_priors[0]
+        # Same z, other x: neither the split prior term nor the top prior term changes.
+        torch.testing.assert_close(split.log_prob(latents[0], torch.cat([z_keep, c1[0]], 1)),
+                                   split.log_prob(latents[0], torch.cat([z_keep, c2[0]], 1)), rtol=0, atol=0)
+        torch.testing.assert_close(flow.prior.log_prob(latents[-1], c1[-1]), flow.prior.log_prob(latents[-1], c2[-1]),
+                                   rtol=0, atol=0)
+        # ... but the split prior does see z_0, and the perturbed priors are not N(0, I).
+        assert not torch.allclose(split.log_prob(latents[0], torch.cat([z_keep, c1[0]], 1)),
+                                  split.log_prob(latents[0], torch.cat([z_keep + 1, c1[0]], 1)))
+    # No gradient reaches x through the prior terms: only the step components are conditional.
+    x = x1.clone().requires_grad_(True)
+    conds = flow.conditions(x)
+    terms = (flow.prior.log_prob(latents[-1], conds[-1]).sum()
+             + split.log_prob(latents[0], torch.cat([z_keep, conds[0]], 1)).sum())
+    grad, = torch.autograd.grad(terms, x, allow_unused=True)
+    assert grad is None or not torch.any(grad != 0)
+
+
+def test_cglow_conditional_priors_variant_sees_x():
+    from flowlib.priors import ConditionalPrior, ConditionalSplitPrior
+
+    flow, y, x1, x2 = _cglow_pair("conditional")
+    assert isinstance(flow.prior, ConditionalPrior)
+    assert [type(p) for p in flow.split_priors] == [ConditionalSplitPrior]
+    with torch.no_grad():
+        latents = flow.encode(y, x1)
+        c1, c2 = flow.conditions(x1), flow.conditions(x2)
+        z_keep = flow.levels[1].inverse(latents[-1], c1[1])[0]
+        assert not torch.allclose(flow.split_priors[0].log_prob(latents[0], torch.cat([z_keep, c1[0]], 1)),
+                                  flow.split_priors[0].log_prob(latents[0], torch.cat([z_keep, c2[0]], 1)))
+        assert not torch.allclose(flow.prior.log_prob(latents[-1], c1[-1]), flow.prior.log_prob(latents[-1], c2[-1]))
+    with pytest.raises(ValueError, match="priors"):
+        build_flow("cglow", (1, 4, 4), (2, 4, 4), priors="winkler")
+    with pytest.raises(ValueError, match="actnorm_bound"):
+        build_flow("cglow", (1, 4, 4), (2, 4, 4), actnorm_bound=-1.0)
+    with pytest.raises(ValueError, match="priors"):
+        build_flow("cnf", (1, 4, 4), (1, 4, 4), priors="unconditional")  # a c-Glow option only
+
+
+@pytest.mark.parametrize("priors", ["unconditional", "conditional"])
+def test_cglow_log_prob_is_priors_plus_autograd_log_det_and_decode_is_exact(priors):
+    """``log p(y|x)`` = the priors' log-density of the latents + ``log|det d latents / d y|`` (autograd, float64),
+    and ``decode`` inverts ``encode`` exactly, for both prior choices (levels=2: a split prior and the top)."""
+    flow, y, x1, _ = _cglow_pair(priors)
+    with torch.no_grad():
+        latents = flow.encode(y, x1)
+        torch.testing.assert_close(flow.decode(latents, x1), y, rtol=1e-10, atol=1e-10)
+        log_p = flow.log_prob(y, x1)
+    for b in range(y.shape[0]):
+        xb = x1[b:b + 1]
+        jac = jacobian(lambda yb: torch.cat([z.reshape(-1) for z in flow.encode(yb.reshape(1, 1, 4, 4), xb)]),
+                       y[b].reshape(-1))
+        with torch.no_grad():
+            lat = flow.encode(y[b:b + 1], xb)
+            expected = _prior_terms(flow, lat, flow.conditions(xb)) + torch.linalg.slogdet(jac)[1]
+        torch.testing.assert_close(log_p[b:b + 1], expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("priors", ["unconditional", "conditional"])
+@pytest.mark.parametrize("temperature", [0.0, 0.5, 1.0])
+def test_cglow_temperature_scales_every_prior_std(priors, temperature):
+    """A sample's latents are ``mu + T sigma eps`` at the top and at the split, with the noise ``eps`` given.
+
+    (Smaller perturbations than elsewhere: re-encoding a sample must be well conditioned to read its latents.)"""
+    flow, _, x1, _ = _cglow_pair(priors, scale=0.1)
+    with torch.no_grad():
+        conds = flow.conditions(x1)
+        noise = flow.noise(2, (4, 4), temperature, torch.float64)
+        y = flow.sample_from(conds, temperature, noise)
+        latents = flow.encode(y, x1)
+        eps = noise if temperature else [torch.zeros_like(z) for z in (latents[-1], latents[0])]
+        top_mean, top_log_std = ((flow.prior.mean, flow.prior.log_std) if priors == "unconditional"
+                                 else flow.prior.params(conds[-1]))
+        torch.testing.assert_close(latents[-1], top_mean + temperature * top_log_std.exp() * eps[0],
+                                   rtol=1e-8, atol=1e-8)
+        z_keep = flow.levels[1].inverse(latents[-1], conds[1])[0]
+        mean, log_std = flow.split_priors[0].params(torch.cat([z_keep, conds[0]], 1))
+        assert log_std.abs().max() > 1e-3  # a perturbed, non-standard prior
+        torch.testing.assert_close(latents[0], mean + temperature * log_std.exp() * eps[1], rtol=1e-8, atol=1e-8)
+        assert flow.sample(x1, temperature).shape == (2, 1, 4, 4)

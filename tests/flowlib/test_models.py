@@ -331,3 +331,45 @@ def test_predict_encodes_x_once_and_bounds_every_pass():
     assert out["mean"].shape == (2, *y_shape)
     with pytest.raises(ValueError, match="max_batch_elements"):
         model.predict(x, n_samples=2, max_batch_elements=0)
+
+
+def test_cglow_defaults_to_the_papers_priors_and_records_them():
+    from flowlib.priors import DiagonalGaussian, SplitPrior
+
+    model = build_model("cglow", "binary", (1, 8, 8), (3, 8, 8), **{**TINY["cglow"], "levels": 2})
+    assert model.config["priors"] == "unconditional" and model.config["actnorm_bound"] == 1.0
+    assert isinstance(model.flow.prior, DiagonalGaussian)
+    assert all(isinstance(p, SplitPrior) for p in model.flow.split_priors)
+    assert all(m.scale_bound == 1.0 for m in model.modules() if type(m).__name__ == "ConditionalActNorm")
+
+
+def test_a_cglow_checkpoint_from_before_the_priors_option_loads_as_conditional(tmp_path):
+    """Checkpoints saved before ``priors`` / ``actnorm_bound`` existed had conditional priors and an unbounded
+    actnorm log-scale; their configs lack both keys and must rebuild that model, not today's default."""
+    from flowlib.checkpoint import load_model, save_checkpoint
+    from flowlib.priors import ConditionalPrior, ConditionalSplitPrior
+
+    torch.manual_seed(0)
+    opts = {**TINY["cglow"], "levels": 2, "steps": 2}
+    model = _perturb(build_model("cglow", "binary", (1, 8, 8), (3, 8, 8), priors="conditional", actnorm_bound=0,
+                                 **opts), 0.1, seed=1).eval()
+    path = save_checkpoint(tmp_path / "model.pt", model)
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["config"] = {k: v for k, v in ckpt["config"].items() if k not in ("priors", "actnorm_bound")}
+    torch.save(ckpt, path)
+
+    loaded = load_model(path).eval()  # strict: the unconditional priors' parameters would not match
+    assert loaded.config["priors"] == "conditional" and loaded.config["actnorm_bound"] == 0
+    assert isinstance(loaded.flow.prior, ConditionalPrior)
+    assert all(isinstance(p, ConditionalSplitPrior) for p in loaded.flow.split_priors)
+    assert all(m.scale_bound is None for m in loaded.modules() if type(m).__name__ == "ConditionalActNorm")
+    gen = torch.Generator().manual_seed(3)
+    y, x = _data("binary", (1, 8, 8), 3, gen), torch.rand(3, 3, 8, 8, generator=gen)
+    torch.manual_seed(5)
+    expected = model.log_likelihood(y, x)
+    torch.manual_seed(5)
+    torch.testing.assert_close(loaded.log_likelihood(y, x), expected, rtol=0, atol=0)
+    # ... while a new model saved without naming the options reloads as the paper's c-Glow.
+    fresh = build_model("cglow", "binary", (1, 8, 8), (3, 8, 8), **opts)
+    again = load_model(save_checkpoint(tmp_path / "fresh.pt", fresh))
+    assert again.config["priors"] == "unconditional" and type(again.flow.prior) is type(fresh.flow.prior)

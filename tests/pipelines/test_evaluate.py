@@ -88,7 +88,7 @@ def test_real_tiny_models_on_segmentation(data_root, family, options):
     assert out["n"] == sum(len(b["key"]) for b in batches)
 
 
-def test_cnf_evaluate_drive_writes_json_and_tracks(data_root, tmp_path, monkeypatch):
+def test_cnf_evaluate_drive_writes_metrics_info_plots_and_tracks(data_root, tmp_path, monkeypatch, capsys):
     checkpoint = pytest.importorskip("flowlib.checkpoint")
     from flowlib.models import build_model
 
@@ -110,29 +110,57 @@ def test_cnf_evaluate_drive_writes_json_and_tracks(data_root, tmp_path, monkeypa
     run_id = tracking.open_run(tracking.experiment_name("winkler2019"), "drive_cnf")
     (tmp_path / "train.json").write_text(json.dumps({"mlflow_run_id": run_id}))
 
+    outs = lambda tag: ["--out", str(tmp_path / f"{tag}.json"), "--info-out", str(tmp_path / f"{tag}_info.json"),  # noqa: E731
+                        "--plots-out", str(tmp_path / f"{tag}_pr.json")]
     args = ["evaluate", "drive_cnf", "--params", str(tmp_path / "params.yaml"), "--model", str(tmp_path / "model.pt"),
-            "--data", str(data_root), "--out", str(tmp_path / "eval.json"), "--train-metrics",
-            str(tmp_path / "train.json")]
-    assert cli.main(args) == 0
-    result = json.loads((tmp_path / "eval.json").read_text())
-    test = result["splits"]["test"]
-    assert result["mlflow_run_id"] == run_id and result["profile"] == "demo" and result["tables"] == ["winkler_table3"]
-    assert 0.0 < test["f1"] <= 1.0 and test["bpd"] > 0
-    assert len(test["curve"]["precision"]) == len(test["curve"]["thresholds"]) > 1
-    assert len(test["samples_pr"]["recall"]) == test["n"] * 2  # min(SCATTER_SAMPLES, n_samples) per image
+            "--data", str(data_root), "--train-info", str(tmp_path / "train.json")]
+    assert cli.main(args + outs("eval")) == 0
+    metrics = json.loads((tmp_path / "eval.json").read_text())
+    info = json.loads((tmp_path / "eval_info.json").read_text())
+    test, test_info = metrics["test"], info["splits"]["test"]
+    assert set(metrics) == {"test"} and set(test) == {"bpd", "f1", "precision", "recall"}  # numbers only
+    assert info["mlflow_run_id"] == run_id and info["profile"] == "demo" and info["tables"] == ["winkler_table3"]
+    assert info["temperature"] == 1.0 and "temperature_selection" not in info and "checkpoint" not in info  # tmp: outside
+    assert 0.0 < test["f1"] <= 1.0 and test["bpd"] > 0 and test_info["n"] == 2
+    assert len(test_info["curve"]["precision"]) == len(test_info["curve"]["thresholds"]) > 1
+    assert len(test_info["samples_pr"]["recall"]) == test_info["n"] * 2  # min(SCATTER_SAMPLES, n_samples) per image
+    pr = json.loads((tmp_path / "eval_pr.json").read_text())
+    assert [r["threshold"] for r in pr] == test_info["curve"]["thresholds"] and {r["split"] for r in pr} == {"test"}
+    assert max(r["f1"] for r in pr) == pytest.approx(test["f1"])
 
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking.tracking_uri())
-    logged = client.get_run(run_id).data.metrics
-    assert logged["eval.test.f1"] == pytest.approx(test["f1"])
-    assert {a.path for a in client.list_artifacts(run_id, "figures")} >= {
+    stage_run = client.get_run(run_id).data.tags["cnf.evaluate_run_id"]  # nested under the training run
+    assert client.get_run(stage_run).data.metrics["eval.test.f1"] == pytest.approx(test["f1"])
+    assert {a.path for a in client.list_artifacts(stage_run, "figures")} >= {
         "figures/drive_cnf_test_pr_curve.png", "figures/drive_cnf_test_pr_samples.png"}
+    assert {a.path for a in client.list_artifacts(stage_run, "eval")} == {"eval/metrics.json", "eval/info.json",
+                                                                         "eval/pr.json"}
 
     # Deterministic: a second run gives the same numbers.
-    assert cli.main(args[:-4] + ["--out", str(tmp_path / "again.json"), "--train-metrics", str(tmp_path / "no.json")]) == 0
-    again = json.loads((tmp_path / "again.json").read_text())["splits"]["test"]
-    assert again["f1"] == test["f1"] and again["bpd"] == test["bpd"]
+    assert cli.main(args[:-2] + ["--train-info", str(tmp_path / "no.json")] + outs("again")) == 0
+    assert json.loads((tmp_path / "again.json").read_text()) == metrics
+
+    # The checkpoint must be one of the experiment evaluated: drive_cnf's model is no drive_factored model.
+    params["experiments"]["drive_factored"] = {**params["experiments"]["drive_cnf"],
+                                               "model": {"family": "factorized", "encoder": "vgg"}}
+    params["experiments"]["drive_cnf_wide"] = {**params["experiments"]["drive_cnf"],
+                                               "model": {"family": "cnf", **model_opts, "hidden": 16}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    checkpoint.save_checkpoint(tmp_path / "trained.pt", model, experiment="drive_cnf")  # as `cnf train` does
+    other = ["--params", str(tmp_path / "params.yaml"), "--model", str(tmp_path / "trained.pt"), "--data",
+             str(data_root), "--train-info", str(tmp_path / "no.json")] + outs("other")
+    capsys.readouterr()
+    assert cli.main(["evaluate", "drive_factored", *other]) == 2
+    err = capsys.readouterr().err
+    assert "trained.pt is a checkpoint of experiment 'drive_cnf', not of 'drive_factored'" in err
+    assert not (tmp_path / "other.json").exists()
+    assert cli.main(["sweep", "drive_factored", *other[:-6], "--figures", str(tmp_path / "f")]) == 2
+    assert "not of 'drive_factored'" in capsys.readouterr().err
+    # A checkpoint without an experiment name (saved elsewhere) is compared by its config.
+    assert cli.main(["evaluate", "drive_cnf_wide", *other[:3], str(tmp_path / "model.pt"), *other[4:]]) == 2
+    assert "model.hidden=8, but experiments.drive_cnf_wide.model.hidden is 16" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------ bits/dim over real pixels only

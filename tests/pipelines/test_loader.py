@@ -108,3 +108,20 @@ def test_inpaint_and_denoise_inputs(demo_root):
     assert (sigma50["x"] - sigma50["y"]).std().item() > noise
     with pytest.raises(TypeError, match="unknown task option"):
         make_loader(str(demo_root / "bsds500"), "train", "denoise", 2, train=False, sigma=3)
+
+
+def test_training_patches_are_not_padded_past_their_size(demo_root):
+    """Winkler's DRIVE profile pads whole images to 1024: a 32x32 training patch must stay 32x32, not become
+    1024x1024 zeros, while evaluation still pads whole images to the multiple."""
+    from pipelines.data.loader import loader_options
+
+    data = {"pad_multiple": 1024, "patch": 32, "num_workers": 0}
+    train_kw = loader_options(data, train=True)
+    assert train_kw["pad_multiple"] == 32 and loader_options(data, train=False)["pad_multiple"] == 1024
+    batch = next(iter(make_loader(str(demo_root / "drive"), "train", "vessel", 2, train=True, **train_kw)))
+    assert batch["y"].shape == (2, 1, 32, 32) and batch["x"].shape == (2, 3, 32, 32)
+    # A patch that is not a multiple of a smaller pad_multiple is still padded to it.
+    odd = loader_options({"pad_multiple": 8, "patch": 30}, train=True)
+    assert odd["pad_multiple"] == 8
+    batch = next(iter(make_loader(str(demo_root / "drive"), "train", "vessel", 2, train=True, **odd)))
+    assert batch["y"].shape == (2, 1, 32, 32) and batch["mask"][:, :, 30:].sum() == 0

@@ -48,12 +48,13 @@ def last_json(capsys) -> dict:
 def test_bicubic_set5_reproduces_table2(set5, capsys, tmp_path):
     out = tmp_path / "bicubic.json"
     assert cli.main(["score", "sr", "--data", set5, "--split", "test", "--method", "bicubic", "--scale", "2",
-                     "--out", str(out)]) == 0
+                     "--out", str(out), "--info-out", str(tmp_path / "info.json")]) == 0
     result = last_json(capsys)
     assert result["n"] == 5
     assert result["psnr"] == pytest.approx(33.66, abs=0.1)
     assert result["ssim"] == pytest.approx(0.930, abs=0.002)
-    saved = json.loads(out.read_text())
+    assert json.loads(out.read_text()) == {"psnr": result["psnr"], "ssim": result["ssim"]}  # numbers only
+    saved = json.loads((tmp_path / "info.json").read_text())
     assert saved["dataset"] and len(saved["psnr_per_image"]) == len(saved["ssim_per_image"]) == 5
 
 
@@ -154,10 +155,12 @@ def _both_ways(task, data, pred_dir, predictions, pad_multiple, capsys, tmp_path
     from pipelines.evaluation.split import evaluate_split
     from pipelines.tasks import get_task
 
-    out = tmp_path / f"{task}.json"
-    assert cli.main(["score", task, "--data", data, "--split", "test", "--pred", str(pred_dir), "--out", str(out)]) == 0
+    out, info = tmp_path / f"{task}.json", tmp_path / f"{task}_info.json"
+    assert cli.main(["score", task, "--data", data, "--split", "test", "--pred", str(pred_dir), "--out", str(out),
+                     "--info-out", str(info)]) == 0
     printed = last_json(capsys)
-    scored = json.loads(out.read_text())
+    scored = {**json.loads(info.read_text()), **json.loads(out.read_text())}
+    assert scored["method"] == "pred" and "pred" not in scored and "data" not in scored  # tmp: outside the project
     assert all(scored[k] == v for k, v in printed.items() if k not in ("method", "split"))
     batches = list(make_loader(data, "test", task, batch_size=1, train=False, pad_multiple=pad_multiple))
     assert any(b["y"].shape[-1] > predictions[b["key"][0]].shape[-1] for b in batches)  # padding to crop away

@@ -65,16 +65,24 @@ def test_cnf_sweep_writes_metrics_per_temperature_and_figures(drive, tmp_path):
                     build_model("factorized", "binary", tuple(b["y"].shape[1:]), tuple(b["x"].shape[1:])))
     out = tmp_path / "sweep.json"
     assert cli.main(["sweep", "drive_factored", "--params", str(tmp_path / "params.yaml"), "--model",
-                     str(tmp_path / "model.pt"), "--data", str(drive), "--out", str(out), "--figures",
-                     str(tmp_path / "figs"), "--train-metrics", str(tmp_path / "none.json")]) == 0
-    result = json.loads(out.read_text())
-    assert result["temperatures"] == [0.0, 1.0] and set(result["results"]) == {"0", "1"}
-    for metrics in result["results"].values():
-        assert metrics["n"] == 2 and 0.0 <= metrics["f1"] <= 1.0 and metrics["bpd"] > 0
-    assert result["grid_keys"] == ["01", "02"]
-    assert {p.rsplit("/", 1)[-1] for p in result["figures"]} == {"drive_factored_temperature_grid.png",
-                                                                  "drive_factored_temperature_metrics.png"}
-    assert all((tmp_path / "figs" / p.rsplit("/", 1)[-1]).stat().st_size > 0 for p in result["figures"])
+                     str(tmp_path / "model.pt"), "--data", str(drive), "--out", str(out), "--info-out",
+                     str(tmp_path / "info.json"), "--plots-out", str(tmp_path / "curves.json"), "--figures",
+                     str(tmp_path / "figs"), "--train-info", str(tmp_path / "none.json")]) == 0
+    metrics, info = json.loads(out.read_text()), json.loads((tmp_path / "info.json").read_text())
+    curves = json.loads((tmp_path / "curves.json").read_text())
+    assert info["temperatures"] == [0.0, 1.0] and info["splits"]["test"] == {"dataset": "drive", "split": "test",
+                                                                             "n": 2}
+    assert {(r["temperature"], r["split"]) for r in curves} == {(0.0, "test"), (1.0, "test")}
+    assert {r["metric"] for r in curves} == {"bpd", "f1", "precision", "recall"}
+    f1 = {r["temperature"]: r["value"] for r in curves if r["metric"] == "f1"}
+    assert all(0.0 <= v <= 1.0 for v in f1.values())
+    # The metrics: the best value over the temperatures (numbers only), and where it was reached in the info.
+    assert set(metrics) == {"test"} and metrics["test"]["f1"] == max(f1.values())
+    assert f1[info["best_at"]["test"]["f1"]] == metrics["test"]["f1"] and "selection" not in info
+    assert info["grid_keys"] == ["01", "02"] and "figures" not in info  # tmp_path: outside the project
+    assert {p.name for p in (tmp_path / "figs").iterdir()} == {"drive_factored_temperature_grid.png",
+                                                               "drive_factored_temperature_metrics.png"}
+    assert all(p.stat().st_size > 0 for p in (tmp_path / "figs").iterdir())
 
 
 def test_select_temperature_takes_the_best_and_ties_go_low():
@@ -121,27 +129,34 @@ def test_sweep_chooses_the_temperature_on_validation_and_evaluate_uses_it(sr_dat
                                                        tuple(b["x"].shape[1:]), encoder_options={"blocks": 1,
                                                                                                  "growth": 8}))
     common = ["--params", str(tmp_path / "params.yaml"), "--model", str(tmp_path / "model.pt"), "--data",
-              str(sr_data), "--train-metrics", str(tmp_path / "none.json")]
-    evaluate = ["evaluate", "sr_f", *common, "--out", str(tmp_path / "eval.json"), "--sweeps", str(tmp_path / "sw")]
+              str(sr_data), "--train-info", str(tmp_path / "none.json")]
+    evaluate = ["evaluate", "sr_f", *common, "--out", str(tmp_path / "eval.json"), "--info-out",
+                str(tmp_path / "eval_info.json"), "--plots-out", str(tmp_path / "pr.json"), "--sweeps",
+                str(tmp_path / "sw")]
     with pytest.raises(FileNotFoundError, match=r"sr_f.json: missing; sweeps.sr_f.select asks for the temperature"):
         cli.main(evaluate)
-    assert cli.main(["sweep", "sr_f", *common, "--out", str(tmp_path / "sw" / "sr_f.json"), "--figures",
-                     str(tmp_path / "figs")]) == 0
+    assert cli.main(["sweep", "sr_f", *common, "--out", str(tmp_path / "sweep.json"), "--info-out",
+                     str(tmp_path / "sw" / "sr_f.json"), "--plots-out", str(tmp_path / "curves.json"),
+                     "--figures", str(tmp_path / "figs")]) == 0
     sweep = json.loads((tmp_path / "sw" / "sr_f.json").read_text())
+    curves = json.loads((tmp_path / "curves.json").read_text())
+    psnr = {(r["split"], r["temperature"]): r["value"] for r in curves if r["metric"] == "psnr"}
     chosen = sweep["selection"]
     assert chosen["metric"] == "psnr" and chosen["split"] == "valid" and chosen["dataset"] == "imagenet64"
-    best = max(sweep["results"].values(), key=lambda m: m["psnr"])["psnr"]
-    assert sweep["results"][f"{chosen['temperature']:g}"]["psnr"] == best == chosen["value"]
-    set5 = sweep["test_splits"]["set5"]
-    assert set5["dataset"] == "set5" and set(set5["results"]) == {"0", "0.7", "1"}
-    assert all(m["n"] == 5 and m["psnr"] > 0 for m in set5["results"].values())
+    best = max(v for (split, _), v in psnr.items() if split == "valid")
+    assert psnr["valid", chosen["temperature"]] == best == chosen["value"]
+    assert json.loads((tmp_path / "sweep.json").read_text())["valid"]["psnr"] == best
+    assert sweep["splits"]["set5"] == {"dataset": "set5", "split": "test", "n": 5}
+    assert sorted(t for split, t in psnr if split == "set5") == [0.0, 0.7, 1.0]
+    assert all(v > 0 for v in psnr.values())
 
     assert cli.main(evaluate) == 0
-    result = json.loads((tmp_path / "eval.json").read_text())
-    assert result["temperature"] == chosen["temperature"]
-    assert result["temperature_selection"]["source"].endswith("sr_f.json")
-    assert result["splits"]["set5"]["psnr"] == pytest.approx(set5["results"][f"{chosen['temperature']:g}"]["psnr"])
-    assert result["splits"]["set5"]["bpd_crops"] == 10
+    metrics, info = (json.loads((tmp_path / f).read_text()) for f in ("eval.json", "eval_info.json"))
+    assert info["temperature"] == chosen["temperature"]
+    assert info["temperature_selection"]["source"] == "sr_f.json"  # outside the project: the file's name only
+    assert metrics["set5"]["psnr"] == pytest.approx(psnr["set5", chosen["temperature"]])
+    assert info["splits"]["set5"]["bpd_crops"] == 10 and set(metrics["set5"]) == {"bpd", "psnr", "ssim"}
+    assert json.loads((tmp_path / "pr.json").read_text()) == []  # no PR curve for SR
 
 
 def test_a_sweep_entry_names_its_bad_keys():

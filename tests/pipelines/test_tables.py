@@ -11,6 +11,7 @@ from pipelines.reporting import tables
 from pipelines.stages import cli
 from pipelines.reporting import reported
 from pipelines import tracking
+from pathlib import Path
 
 EXPERIMENTS = {
     # name: (paper, tables, task, family, dequantization, dataset, size, primary metrics, extra splits)
@@ -27,10 +28,32 @@ EXPERIMENTS = {
 }
 
 
+def write_result(root, kind: str, name: str, metrics: dict, info: dict) -> None:
+    """A result as `cnf evaluate` / `cnf score` write it: numbers in metrics/, the rest in info/."""
+    for folder, payload in (("metrics", metrics), ("info", info)):
+        (root / folder / kind).mkdir(parents=True, exist_ok=True)
+        (root / folder / kind / f"{name}.json").write_text(json.dumps(payload))
+
+
+def write_params(root, experiments, scores) -> Path:
+    import yaml
+
+    datasets = {d: {"source": "demo"} for d in ("drive", "imagenet64", "set5", "horses", "bsds500")}
+    params = {"profile": "demo", "datasets": datasets, "scores": scores,
+              "experiments": {name: {"paper": paper, "table": tbls, "task": task,
+                                     "data": {"dataset": dataset, **({"size": size} if size else {})},
+                                     "model": {"family": family, **({"dequantization": deq} if deq else {})}}
+                              for name, (paper, tbls, task, family, deq, dataset, size, *_) in experiments.items()}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root / "params.yaml"
+
+
+HUMAN = {"drive_human": {"task": "vessel", "dataset": "drive", "split": "test", "method": "second_observer"}}
+
+
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    metrics = tmp_path / "metrics"
     run_ids = {}
     for name, (paper, tbls, task, family, deq, dataset, size, primary, extra) in EXPERIMENTS.items():
         run_id = tracking.open_run(tracking.experiment_name(paper), name)
@@ -38,29 +61,29 @@ def store(tmp_path, monkeypatch):
             tracking.log_metrics(run_id, {"train_nll": 10.0 / step}, step=step)
         run_ids[name] = run_id
         curve = {"thresholds": [0.5, 1.0], "precision": [0.5, 0.8], "recall": [0.9, 0.5], "f1": [0.64, 0.61]}
-        splits = {"test": {"dataset": dataset, "split": "test", "n": 2, **primary}}
+        metrics = {"test": dict(primary), **{s: {k: v for k, v in values.items() if k != "dataset"}
+                                             for s, values in extra.items()}}
+        splits = {"test": {"dataset": dataset, "split": "test", "n": 2}}
         if task == "vessel":
             splits["test"].update(curve=curve, samples_pr={"precision": [0.6, 0.7], "recall": [0.8, 0.7]})
         for split_name, values in extra.items():
-            splits[split_name] = {"split": "test", "n": 5, **values}
-        payload = {"experiment": name, "paper": paper, "tables": tbls, "task": task, "profile": "demo",
-                   "mlflow_run_id": run_id, "model": {"family": family, "dequantization": deq},
-                   "data": {"dataset": dataset, "size": size}, "primary": "test", "splits": splits,
-                   "temperature": 1.0, "temperature_selection": None}
+            splits[split_name] = {"split": "test", "n": 5, "dataset": values["dataset"]}
+        info = {"experiment": name, "paper": paper, "tables": tbls, "task": task, "profile": "demo",
+                "mlflow_run_id": run_id, "model": {"family": family, "dequantization": deq},
+                "data": {"dataset": dataset, "size": size}, "primary": "test", "splits": splits,
+                "temperature": 1.0}
         if task == "sr":
-            payload.update(temperature=0.5, temperature_selection={
+            info.update(temperature=0.5, temperature_selection={
                 "metric": "psnr", "temperature": 0.5, "split": "valid", "dataset": "imagenet64"})
-        (metrics / "eval").mkdir(parents=True, exist_ok=True)
-        (metrics / "eval" / f"{name}.json").write_text(json.dumps(payload))
+        write_result(tmp_path, "eval", name, metrics, info)
     # A score row that needs no training: the DRIVE second observer, tracked in its own run.
-    human_run = tracking.open_run(tracking.experiment_name("winkler2019"), "score-human")
+    human_run = tracking.open_run(tracking.experiment_name("winkler2019"), "drive_human")
     tracking.log_metrics(human_run, {"f1": 0.791})
-    (metrics / "score").mkdir()
-    (metrics / "score" / "human.json").write_text(json.dumps(
-        {"task": "vessel", "method": "second_observer", "dataset": "drive", "f1": 0.791, "precision": 0.807,
-         "recall": 0.776, "per_image": {"precision": [0.8, 0.81], "recall": [0.77, 0.78]}, "name": "score-human",
-         "mlflow_run_id": human_run}))
-    run_ids["score-human"] = human_run
+    write_result(tmp_path, "score", "drive_human", {"f1": 0.791, "precision": 0.807, "recall": 0.776},
+                 {"task": "vessel", "method": "second_observer", "dataset": "drive", "name": "drive_human",
+                  "per_image": {"precision": [0.8, 0.81], "recall": [0.77, 0.78]}, "mlflow_run_id": human_run})
+    run_ids["drive_human"] = human_run
+    write_params(tmp_path, EXPERIMENTS, HUMAN)
     return tmp_path, run_ids
 
 
@@ -69,7 +92,8 @@ def test_tables_cite_existing_runs_beside_reported_rows(store):
 
     root, run_ids = store
     out, figs = root / "tables", root / "figures"
-    assert cli.main(["tables", "--metrics", str(root / "metrics"), "--out", str(out), "--figures", str(figs)]) == 0
+    assert cli.main(["tables", "--params", str(root / "params.yaml"), "--metrics", str(root / "metrics"), "--info",
+                     str(root / "info"), "--out", str(out), "--figures", str(figs)]) == 0
 
     for name in [f"winkler_table{i}" for i in (1, 2, 3)] + [f"cglow_table{i}" for i in range(1, 6)]:
         for ext in ("md", "csv", "tex"):
@@ -92,7 +116,7 @@ def test_tables_cite_existing_runs_beside_reported_rows(store):
     t3 = pd.read_csv(out / "winkler_table3.csv")
     human = t3[(t3["method"] == "Human")]
     assert sorted(human["f1"].tolist()) == [0.791, 0.791]
-    assert human[human["source"].str.startswith("computed")]["mlflow_run_id"].item() == run_ids["score-human"]
+    assert human[human["source"].str.startswith("computed")]["mlflow_run_id"].item() == run_ids["drive_human"]
     cnf = t3[(t3["method"] == "CNF") & t3["source"].str.startswith("computed")]
     assert cnf["f1"].item() == pytest.approx(0.61)
     assert cnf["mlflow_run_id"].item() == run_ids["drive_cnf"]
@@ -169,9 +193,9 @@ def test_an_unknown_table_name_is_refused_naming_it(store, tmp_path):
     with pytest.raises(ValueError, match=r"experiments.drive_cnf.table: unknown table 'winkler_table4'; known"):
         reported.table_names(["winkler_table3", "winkler_table4"], "experiments.drive_cnf.table")
     assert reported.table_names("winkler_table3", "x") == ("winkler_table3",)
-    bad = json.loads((root / "metrics" / "eval" / "drive_cnf.json").read_text())
+    bad = json.loads((root / "info" / "eval" / "drive_cnf.json").read_text())
     bad["tables"] = ["winkler_table3", "winkler_table4"]
-    (root / "metrics" / "eval" / "drive_cnf.json").write_text(json.dumps(bad))
+    (root / "info" / "eval" / "drive_cnf.json").write_text(json.dumps(bad))
     with pytest.raises(ValueError, match=r"drive_cnf.json: unknown table 'winkler_table4'"):
         tables.build_all(root / "metrics", tmp_path / "t", None, profile="demo", check_runs=False)
     import yaml
@@ -194,3 +218,38 @@ def test_both_profiles_name_only_tables_that_exist(profile):
     params = load_params(Path(__file__).resolve().parents[2] / profile)
     for name, exp in params.experiments.items():
         assert reported.table_names(exp.table, f"{profile}: experiments.{name}.table")
+
+
+@pytest.mark.parametrize("kind,name,folder", [("eval", "drive_factored", "metrics"), ("eval", "horses64_cglow", "info"),
+                                              ("score", "drive_human", "metrics")])
+def test_a_row_params_ask_for_without_its_result_is_an_error_naming_the_file(store, kind, name, folder, capsys):
+    """Issue 16: an experiment whose `table` names a table (or a `scores` entry) without its eval (score)
+    result fails the tables, naming the file, instead of dropping the row."""
+    root, _ = store
+    (root / folder / kind / f"{name}.json").unlink()
+    args = ["tables", "--params", str(root / "params.yaml"), "--metrics", str(root / "metrics"), "--info",
+            str(root / "info"), "--out", str(root / "t"), "--figures", str(root / "f")]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{root / folder / kind / name}.json" in err and "missing" in err
+    assert not (root / "t").exists()
+    # Without the params the tables use the results there are (the row is missing, not an error).
+    (root / ("info" if folder == "metrics" else "metrics") / kind / f"{name}.json").unlink()
+    frames = tables.build_all(root / "metrics", root / "t", None, check_runs=False, info_dir=root / "info")
+    assert name not in set().union(*(set(df["experiment"].dropna()) for df in frames.values()))
+
+
+def test_a_computed_row_must_cite_a_run_the_store_has(store, capsys):
+    root, _ = store
+    info = json.loads((root / "info" / "eval" / "denoise_cglow.json").read_text())
+    info["mlflow_run_id"] = "0" * 32
+    (root / "info" / "eval" / "denoise_cglow.json").write_text(json.dumps(info))
+    args = ["tables", "--params", str(root / "params.yaml"), "--metrics", str(root / "metrics"), "--info",
+            str(root / "info"), "--out", str(root / "t"), "--figures", str(root / "f")]
+    assert cli.main(args) == 2
+    assert f"MLflow runs the tracking store does not have: {'0' * 32}" in capsys.readouterr().err
+    del info["mlflow_run_id"]
+    (root / "info" / "eval" / "denoise_cglow.json").write_text(json.dumps(info))
+    assert cli.main(args) == 2
+    assert "computed rows of ['denoise_cglow'] cite no MLflow run id" in capsys.readouterr().err
+    assert cli.main(args + ["--no-check-runs"]) == 0

@@ -293,3 +293,28 @@ def test_training_twice_gives_bit_identical_weights_and_the_same_metrics_and_eva
         assert torch.equal(value, c2["state_dict"][key]), key
     assert e1["mlflow_run_id"] != e2["mlflow_run_id"]  # two stores, two runs
     assert e1["splits"] == e2["splits"]
+
+
+@pytest.mark.slow
+def test_train_seeds_runs_each_seed_as_its_own_run_beside_the_experiment(tmp_path, shards):
+    """train.seeds: 2 -> run 0 is the experiment (models/<exp>.pt), run 1 trains with seed + 1 into
+    models/<exp>.seeds/seed1.pt with its own Ray run folder, MLflow run and bookkeeping."""
+    import torch
+
+    from flowlib.checkpoint import load_checkpoint
+
+    metrics, _ = cnf_train(tmp_path, shards, "train.steps=4", "train.checkpoint_every=4", "train.seeds=2")
+    seeds = tmp_path / "models" / f"{EXP}.seeds"
+    assert sorted(p.name for p in seeds.iterdir()) == ["seed1.info.json", "seed1.json", "seed1.pt"]
+    info0 = json.loads((tmp_path / "runs" / EXP / "train_info.json").read_text())
+    info1 = json.loads((seeds / "seed1.info.json").read_text())
+    assert info1["experiment"] == f"{EXP}-seed1" and info1["mlflow_run_id"] != info0["mlflow_run_id"]
+    assert json.loads((seeds / "seed1.json").read_text())["steps"] == 4 and metrics["steps"] == 4
+    assert (tmp_path / "runs" / f"{EXP}-seed1").is_dir()
+    a, b = load_checkpoint(tmp_path / "models" / f"{EXP}.pt"), load_checkpoint(seeds / "seed1.pt")
+    assert b["experiment"] == f"{EXP}-seed1"
+    assert any(not torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    from mlflow import MlflowClient
+
+    run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(info1["mlflow_run_id"])
+    assert run.data.params["train.seed"] == "1" and run.info.status == "FINISHED"
