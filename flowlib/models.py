@@ -92,7 +92,7 @@ _FACTORIZED_ENCODER = _encoder_options(scales=True)
 _FLOW_COMMON = {
     "levels": Option(int, "flow levels L (squeeze, K steps, split)", positive=True),
     "steps": Option(int, "flow steps K per level", positive=True),
-    "hidden": Option(int, "width of the coupling and prior networks", positive=True),
+    "hidden": Option(int, "width of the coupling networks (and of the conditional prior networks)", positive=True),
 }
 _FLOW_DISCRETE = {
     "dequantization": Option(str, "dequantizer of a discrete target (default per target)", DEQUANTIZATIONS),

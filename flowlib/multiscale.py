@@ -32,10 +32,13 @@ def split_channels(z: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class ConditionalFlow(nn.Module):
-    """Conditional density ``p(y|x)`` as a multi-scale flow with conditional split priors and prior.
+    """Conditional density ``p(y|x)`` as a multi-scale flow with split priors and a final prior.
 
     .. math:: \\log p(y|x) = \\log p(z_L | h_L) + \\sum_{l<L} \\log p(z_l^{out} | z_l^{keep}, h_l)
               + \\sum_{l} \\log|\\det \\partial f_l / \\partial z_{l-1}|
+
+    (Winkler's CNF; c-Glow's priors ignore ``h``: ``p(z_L)`` learned, ``p(z_l^{out} | z_l^{keep})``, and ``x``
+    enters through the bijections only. The priors are given, so either kind fits here.)
 
     Source: Winkler et al. 2019, sec. 3.1 and 5.1 (L levels of K sub-flows, split prior after every level but
     the last, conditional prior on the rest); Dinh et al. 2016 and Kingma & Dhariwal 2018 for the
@@ -52,8 +55,9 @@ class ConditionalFlow(nn.Module):
         y_shape, x_shape: build-time ``(C, H, W)`` of ``y`` and ``x`` (c-Glow's size; the CNF's ``y/x`` ratio).
         encoder: ``g``, returning a tensor or a list with one tensor per level (``None``: ``h = x``).
         levels: one bijection per level, input ``(B, C_l, H_l, W_l)`` before its squeeze.
-        split_priors: ``L - 1`` priors of the factored-out halves, ``cond = [z_keep, h_l]``.
-        prior: final prior, ``cond = h_{L-1}``.
+        split_priors: ``L - 1`` priors of the factored-out halves, ``cond = [z_keep, h_l]`` (an unconditional
+            split prior reads ``z_keep`` only).
+        prior: final prior, ``cond = h_{L-1}`` (a learned unconditional one ignores it).
         cond_mode: ``"interpolate"`` or ``"squeeze"``.
     """
 

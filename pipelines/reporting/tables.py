@@ -103,8 +103,8 @@ def method_label(ev: Mapping, table: str) -> str:
     family = model.get("family")
     if family == "cnf":
         return "CNF uniform" if model.get("dequantization") == "uniform" else "CNF"
-    if family == "cglow":
-        return "c-Glow"
+    if family == "cglow":  # Winkler's conditional priors on c-Glow are a variant, not the paper's c-Glow
+        return "c-Glow (conditional priors)" if model.get("priors") == "conditional" else "c-Glow"
     if family == "factorized":
         return {"winkler_table1": "factorized LL", "winkler_table2": "LL Baseline",
                 "winkler_table3": "Factored"}.get(table, "factorized")

@@ -143,8 +143,8 @@ def run(args: argparse.Namespace) -> int:
                     out = result
         keep_seed_files(seeds_dir, exp.train.seeds)
     except KeyboardInterrupt as exc:
-        print(f"cnf train {exp.name}: interrupted ({exc or 'Ctrl-C'}); the MLflow run is marked KILLED and the "
-              "last checkpoint is kept: rerun the same command to resume", file=sys.stderr)
+        print(f"cnf train {exp.name}: interrupted ({str(exc) or 'Ctrl-C or SIGTERM'}); the MLflow run is marked "
+              "KILLED and the last checkpoint is kept: rerun the same command to resume", file=sys.stderr)
         return 130
     except (OSError, RayConnectError, TrackingError, LockError, FatalTrainingError) as exc:  # FileNotFoundError, ...
         print(f"cnf train {exp.name}: {exc}", file=sys.stderr)

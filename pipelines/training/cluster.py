@@ -8,6 +8,7 @@ controller otherwise creates on first use with a too-short timeout (``start_auto
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -76,6 +77,32 @@ def init_ray(num_cpus_needed: float, num_cpus: int | None, use_gpu: bool):
     if ray.is_initialized():
         start_autoscaling_coordinator(ray)
         return ray
+    with keeping_sigterm_handler():
+        _connect(ray, address, num_cpus_needed, num_cpus, use_gpu)
+    start_autoscaling_coordinator(ray)
+    return ray
+
+
+@contextlib.contextmanager
+def keeping_sigterm_handler():
+    """Restore the caller's Python SIGTERM handler after ``ray.init``, which replaces it: with ``sys.exit(1)``
+    (a local instance; ``sys.exit(15)`` when joining a cluster) and, below Python, with absl's failure handler,
+    which aborts the process (exit -6). `cnf train` turns SIGTERM into ``KeyboardInterrupt`` so that the MLflow
+    run is closed KILLED (``pipelines.tracking.terminate_as_interrupt``); a local Ray instance is still torn
+    down by ``ray.shutdown`` at exit. Nothing is restored when no Python handler was installed."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and callable(before):
+            signal.signal(signal.SIGTERM, before)
+
+
+def _connect(ray, address: str, num_cpus_needed: float, num_cpus: int | None, use_gpu: bool) -> None:
     if address:
         # The driver only disconnects when it exits: the cluster stays up for the next stage.
         try:
@@ -93,8 +120,6 @@ def init_ray(num_cpus_needed: float, num_cpus: int | None, use_gpu: bool):
         ray.init(address="local", num_cpus=cpus, num_gpus=None if use_gpu else 0, include_dashboard=False,
                  dashboard_port=port, runtime_env={"env_vars": state_api_env(port)},
                  log_to_driver=True, configure_logging=False)
-    start_autoscaling_coordinator(ray)
-    return ray
 
 
 def _free_port() -> int:

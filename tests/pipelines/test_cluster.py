@@ -31,3 +31,26 @@ def test_workers_get_the_services_environment_and_the_tracking_store(monkeypatch
     env = worker_env("sqlite:////tmp/x.db")
     assert env == {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "MLFLOW_TRACKING_URI": "sqlite:////tmp/x.db",
                    "RAY_CHDIR_TO_TRIAL_DIR": "0"}  # no secrets forwarded
+
+
+def test_the_callers_sigterm_handler_survives_ray_init():
+    """ray.init replaces SIGTERM's handler with sys.exit(1) (and absl's aborting one below Python): `cnf train`'s
+    handler, which closes the MLflow run as KILLED, must be the one in force afterwards."""
+    import signal
+
+    from pipelines.training.cluster import keeping_sigterm_handler
+
+    def ours(signum, frame):
+        raise KeyboardInterrupt("signal SIGTERM")
+
+    before = signal.signal(signal.SIGTERM, ours)
+    try:
+        with keeping_sigterm_handler():
+            signal.signal(signal.SIGTERM, lambda s, f: (_ for _ in ()).throw(SystemExit(1)))  # what ray.init does
+        assert signal.getsignal(signal.SIGTERM) is ours
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with keeping_sigterm_handler():  # no Python handler before: Ray's stays
+            signal.signal(signal.SIGTERM, ours)
+        assert signal.getsignal(signal.SIGTERM) is ours
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -79,7 +79,7 @@ def test_defaults_merge_and_model_options_build_as_given():
      "experiments.drive_cnf.scaling.use_gpu: expected a boolean"),
     (lambda r: r["experiments"]["drive_cnf"]["train"].update(steps=2.5),
      "experiments.drive_cnf.train.steps: expected a positive integer, got 2.5"),
-    (lambda r: r.update(profile="fast"), "profile: expected one of 'demo', 'paper', got 'fast'"),
+    (lambda r: r.update(profile="fast"), "profile: expected one of 'demo', 'cpu', 'paper', got 'fast'"),
     (lambda r: r.update(extras=1), "extras: unknown top-level key; allowed keys: defaults"),
     (lambda r: r["experiments"]["drive_cnf"]["train"].update(batch_size=3),
      "train.batch_size: 3 is not divisible by scaling.num_workers=2"),

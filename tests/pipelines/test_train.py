@@ -318,3 +318,37 @@ def test_train_seeds_runs_each_seed_as_its_own_run_beside_the_experiment(tmp_pat
 
     run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(info1["mlflow_run_id"])
     assert run.data.params["train.seed"] == "1" and run.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_sigterm_stops_training_with_exit_130_and_the_mlflow_run_killed(tmp_path, shards):
+    """`kill` (and DVC's cancellation) mid-run: exit 130, MLflow KILLED, no abort dump, no Ray process left;
+    ray.init replaced the handler with sys.exit(1) (FAILED) and absl's (exit -6) until it was restored."""
+    import psutil
+
+    proc = cnf_train(tmp_path, shards, "train.steps=400", "train.checkpoint_every=4", popen=True)
+    lines: list[str] = []
+    committed = threading.Event()
+
+    def drain():
+        for line in proc.stdout:
+            lines.append(line)
+            if "checkpoint at step 4 committed" in line:
+                committed.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        assert committed.wait(timeout=240), "".join(lines)[-5000:]
+        children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 130, "".join(lines)[-5000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(2)
+    out = "".join(lines)
+    assert "interrupted" in out and "SIGTERM received" not in out, out[-3000:]
+    run_id = (tmp_path / "runs" / EXP / "mlflow_run_id").read_text().strip()
+    assert client(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id).info.status == "KILLED"
+    left = [p for p in children if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not left, [psutil.Process(p).cmdline()[:3] for p in left]
