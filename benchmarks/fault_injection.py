@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -31,6 +30,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import ray_head  # benchmarks/ray_head.py (the script's folder is on sys.path)
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,10 +42,7 @@ TINY = ["model.levels=1", "model.steps=1", "model.hidden=8", "data.patch=16", "t
 LEFTOVER_PATTERNS = ("*.tmp*", ".*.lock", ".scratch*", "*.partial")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = ray_head.free_port
 
 
 # -------------------------------------------------------------------------------------------- environment
@@ -69,27 +67,13 @@ class Env:
 
 
 def start_head(temp_dir: str) -> tuple[subprocess.Popen, str]:
-    port, dashboard = free_port(), free_port()
+    dashboard = free_port()
     env = os.environ.copy()
     env.pop("RAY_ADDRESS", None)
     # The Train controller's PlacementGroupCleaner looks up the State API; point it at this head, not at
     # whatever other Ray instance runs on the machine (pipelines.training.cluster.state_api_env).
     env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard}"
-    proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
-         "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard=false", "--dashboard-port", str(dashboard),
-         "--disable-usage-stats", "--temp-dir", temp_dir],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"`ray start --head` exited with status {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, f"127.0.0.1:{port}"
-        time.sleep(0.5)
-    kill_tree(proc)
-    raise RuntimeError("the Ray head did not listen within 120 s")
+    return ray_head.start_head(2, temp_dir, env=env, extra_args=("--dashboard-port", str(dashboard)))
 
 
 def tree(pid: int) -> list[int]:

@@ -17,53 +17,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from ray_head import start_head, stop_head  # benchmarks/ray_head.py (the script's folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_cluster(num_cpus: int, temp_dir: str) -> tuple[subprocess.Popen, str]:
     """A private Ray head on a free port; stop it with ``stop_cluster`` (``ray stop`` would stop everyone's)."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
-         "--num-cpus", str(num_cpus), "--num-gpus", "0", "--include-dashboard=false", "--disable-usage-stats",
-         "--temp-dir", temp_dir],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"`ray start --head` exited with status {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, f"127.0.0.1:{port}"
-        time.sleep(0.5)
-    stop_cluster(proc)
-    raise RuntimeError(f"Ray head did not listen on 127.0.0.1:{port} within 120 s")
+    return start_head(num_cpus, temp_dir)
 
 
-def stop_cluster(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+stop_cluster = stop_head
 
 
 def run_one(exp: str, steps: int, data_root: Path, work: Path, address: str | None, sets=()) -> dict:

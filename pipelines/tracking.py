@@ -166,6 +166,7 @@ def check_store(uri: str | None = None) -> None:
             except (sqlite3.Error, OSError) as exc:
                 raise TrackingError(f"MLflow store {path} is unreadable ({exc}): move it aside (a new store is "
                                     "created) or point MLFLOW_TRACKING_URI at another one") from None
+        init_sqlite_store(uri, path)
     elif uri.startswith(("http://", "https://")):
         import urllib.error
         import urllib.request
@@ -181,6 +182,28 @@ def check_store(uri: str | None = None) -> None:
             raise TrackingError(f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is unreachable ({reason}); "
                                 "start it, or unset MLFLOW_TRACKING_URI to use the project's mlflow.db") from None
     _checked.add(uri)
+
+
+def init_sqlite_store(uri: str, path: Path) -> None:
+    """Create (or migrate) the SQLite store ``path`` of ``uri`` while holding ``.<name>.lock`` beside it.
+
+    MLflow creates the tables of a new store, and runs its migrations, on first use; two processes doing that at
+    once race ("table experiments already exists"), which is what two queued `dvc exp run`s starting together
+    did. The lock serialises it; once the schema exists this is a cheap no-op query.
+    """
+    import fcntl
+
+    from mlflow import MlflowClient
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            client.search_experiments(max_results=1)
+            client.search_registered_models(max_results=1)
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def experiment_name(paper: str, prefix: str = "") -> str:

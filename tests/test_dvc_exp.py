@@ -7,13 +7,11 @@ in the repository's own `mlflow.db`, not in the copy that DVC throws away.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.test_pipeline_e2e import BIN, ROOT, pipeline_env, project_files, run
+from tests.test_pipeline_e2e import BIN, copy_project, pipeline_env, run
 
 pytestmark = pytest.mark.slow
 
@@ -38,13 +36,7 @@ def tiny_params(params: dict) -> dict:
 
 @pytest.fixture
 def repo(tmp_path) -> Path:
-    repo = tmp_path / "project"
-    for rel in project_files():
-        dst = repo / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, dst)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(params), sort_keys=False))
+    repo = copy_project(tmp_path / "project", tiny_params)
     env = pipeline_env(tmp_path)
     run(["git", "init", "-q", "-b", "main"], repo, env)
     run(["git", "add", "-A"], repo, env)
@@ -81,3 +73,43 @@ def test_dvc_exp_run_with_a_changed_param_is_shown_and_tracked_in_the_repository
     assert not (repo / ".dvc" / "tmp" / "exps").exists() or not any((repo / ".dvc" / "tmp" / "exps").glob("*/mlflow.db"))
     # The workspace itself is untouched by a --temp experiment.
     assert not (repo / f"metrics/train/{EXP}.json").exists()
+
+
+def test_two_queued_experiments_run_in_parallel_without_touching_each_others_state(repo, tmp_path):
+    """`dvc exp run --queue` twice and `dvc queue start -j 2`: both run at once, each in its own copy with its own
+    Ray instance and Ray storage (runs/ stays per copy), both tracked in the repository's one mlflow.db, each
+    with its own params and a single-valued step history."""
+    import time
+
+    env = pipeline_env(tmp_path)
+    dvc = str(BIN / "dvc")
+    for name, steps in (("q3", 3), ("q4", 4)):
+        run([dvc, "exp", "run", "--queue", "-n", name, "-S", f"experiments.{EXP}.train.steps={steps}",
+             f"train@{EXP}"], repo, env)
+    run([dvc, "queue", "start", "-j", "2"], repo, env)
+    deadline = time.monotonic() + 1200
+    status = ""
+    while time.monotonic() < deadline:
+        status = run([dvc, "queue", "status"], repo, env).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    assert "Failed" not in status and status.count("Success") == 2, status + "".join(
+        run([dvc, "queue", "logs", n], repo, env, check=False).stdout[-3000:] for n in ("q3", "q4"))
+
+    shown = json.loads(run([dvc, "exp", "show", "--json"], repo, env).stdout)
+    revs = {r.get("name"): r for rev in shown for e in (rev.get("experiments") or []) for r in e.get("revs", [])}
+    for name, steps in (("q3", 3), ("q4", 4)):
+        data = revs[name]["data"]
+        assert data["params"]["params.yaml"]["data"]["experiments"][EXP]["train"]["steps"] == steps
+        assert data["metrics"][f"metrics/train/{EXP}.json"]["data"]["steps"] == steps
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("winkler2019-cnf")
+    for steps in (3, 4):
+        (found,) = client.search_runs([experiment.experiment_id], f"params.`train.steps` = '{steps}'")
+        assert found.info.status == "FINISHED"
+        history = [m.step for m in client.get_metric_history(found.info.run_id, "train_nll")]
+        assert history and len(history) == len(set(history)), history

@@ -124,11 +124,15 @@ def better(metric: str) -> int:
     return -1 if metric == "bpd" else 1
 
 
+# A likelihood does not depend on the sampling temperature: bits/dim is the evaluation's number, not a curve.
+TEMPERATURE_FREE = ("bpd",)
+
+
 def sweep_outputs(task: Task, by_split: Mapping[str, Mapping[float, Mapping[str, Any]]]) -> tuple[dict, dict, list]:
     """``(metrics, best_at, records)`` of a sweep (``sweep_experiment``'s ``{split: {temperature: summary}}``).
 
-    ``metrics`` = ``{split: {metric: the best value over the temperatures}}`` (highest, lowest for bpd; the
-    task's summary metrics only): what ``dvc metrics diff`` compares. ``best_at`` = ``{split: {metric: the
+    ``metrics`` = ``{split: {metric: the best value over the temperatures}}`` (highest; the task's summary
+    metrics that depend on the temperature: not bits/dim, ``TEMPERATURE_FREE``): what ``dvc metrics diff`` compares. ``best_at`` = ``{split: {metric: the
     temperature it was best at (ties: the lowest)}}``, for the info file. ``records`` = one ``{temperature,
     split, metric, value}`` per finite value, the curves ``dvc plots`` draws (Winkler et al. 2019, Figure 3).
     """
@@ -139,6 +143,8 @@ def sweep_outputs(task: Task, by_split: Mapping[str, Mapping[float, Mapping[str,
         values: dict[str, dict[float, float]] = {}
         for t in sorted(per_t):
             for metric, value in summary_metrics(task, per_t[t]).items():
+                if metric in TEMPERATURE_FREE:
+                    continue
                 values.setdefault(metric, {})[float(t)] = value
                 records.append({"temperature": float(t), "split": split, "metric": metric, "value": value})
         if values:

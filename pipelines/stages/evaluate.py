@@ -12,7 +12,9 @@ file). The experiment's ``table`` names must be tables of ``pipelines.reporting.
 must be one of this experiment (the experiment name `cnf train` stored in it, and its model config; an
 override: ``--any-checkpoint``); either is refused before any work. Writes atomically:
 
-- ``--out``: ``{split: {metric: number}}``, the task's summary metrics only (what ``dvc metrics`` shows);
+- ``--out``: ``{split: {metric: number}}``, the task's summary metrics only (what ``dvc metrics`` shows); of
+  the split a sweep chose the temperature on, only bits/dim (its PSNR/SSIM there, biased by the choice, go to
+  the info file: ``selection_free``);
 - ``--info-out``: labels, model config, temperature (and how it was chosen), the ``mlflow_run_id`` of the
   training run (read from ``--train-info``) and per split everything else (counts, keys, per-image values,
   the PR curve and samples for vessels);
@@ -74,6 +76,24 @@ def sampling_temperature(exp, sections, sweeps_dir) -> tuple[float, dict | None]
     return float(selection["temperature"]), {**selection, "source": relative_path(path) or path.name}
 
 
+def selection_free(outputs: tuple[dict, dict], selection: dict | None) -> tuple[dict, dict]:
+    """``(metrics, info)`` with the temperature-dependent metrics of the split the sweep chose the temperature
+    on moved to the info file: chosen there, they are biased upwards and are no result to compare (the sweep's
+    metrics file holds them); that split keeps its bits/dim, which no temperature changes."""
+    from pipelines.evaluation.sweep import TEMPERATURE_FREE
+
+    metrics, info = outputs
+    split = (selection or {}).get("split")
+    if split not in metrics:
+        return metrics, info
+    moved = {k: v for k, v in metrics[split].items() if k not in TEMPERATURE_FREE}
+    kept = {k: v for k, v in metrics[split].items() if k in TEMPERATURE_FREE}
+    metrics = {**metrics, split: kept} if kept else {k: v for k, v in metrics.items() if k != split}
+    splits = dict(info.get("splits") or {})
+    splits[split] = {**splits.get(split, {}), **moved, "selection_biased": sorted(moved)}
+    return metrics, {**info, "splits": splits}
+
+
 def run(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -132,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         run_id, stage_run = tracking.open_stage_run(tracking.experiment_name(exp.paper, params.mlflow.experiment_prefix),
                                                     exp.name, "evaluate", run_id)
         info["mlflow_run_id"] = run_id
-        metrics, info = eval_outputs(exp, results, **info)
+        metrics, info = selection_free(eval_outputs(exp, results, **info), selection)
         with tracking.closing_run(stage_run):
             tracking.log_metrics(stage_run, scalar_metrics(results))
             with tempfile.TemporaryDirectory() as tmp:
@@ -142,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
                     tracking.log_artifact(stage_run, write_json(Path(tmp) / f"{name}.json", payload), "eval")
     else:
         print(f"warning: no mlflow_run_id in {train_info}; metrics are not tracked", file=sys.stderr)
-        metrics, info = eval_outputs(exp, results, **info)
+        metrics, info = selection_free(eval_outputs(exp, results, **info), selection)
         if args.figures:
             eval_figures(exp.name, results, args.figures)
     write_json(plots_path, records)

@@ -13,7 +13,7 @@ With ``sweeps.<exp>.select: <metric>`` in params.yaml the temperature with the b
 is chosen (``selection`` in the info file), and `cnf evaluate` uses it for every split (Winkler et al. 2019,
 Table 2). The checkpoint must be one of this experiment (as in `cnf evaluate`). Writes atomically:
 
-- ``--out``: ``{split: {metric: best value over the temperatures}}`` (highest; lowest for bpd), numbers only;
+- ``--out``: ``{split: {metric: best value over the temperatures}}`` (highest; not bpd: no function of it);
 - ``--info-out``: labels, the temperatures, ``selection`` (metric, temperature, split, dataset, value, rule),
   the temperature each best value was reached at, the splits' datasets, the figures, ``mlflow_run_id``;
 - ``--plots-out``: the curves, one record ``{temperature, split, metric, value}`` per value, for ``dvc plots``.

@@ -128,6 +128,9 @@ def test_demo_metrics_are_numbers_only_and_fit_dvc_metrics_show(demo, tmp_path, 
     assert set(sr) == {"valid", "set5", "set14", "bsd100"} and set(sr["set5"]) == {"bpd", "psnr", "ssim"}
     sr_info = json.loads((out / "info" / "eval" / "sr_imagenet64_cnf.json").read_text())
     assert sr_info["temperature_selection"]["metric"] == "psnr" and sr_info["splits"]["set5"]["n"] == 5
+    # The split the temperature was chosen on keeps its bits/dim; its PSNR/SSIM, biased by the choice, are info.
+    assert set(sr["valid"]) == {"bpd"} and sr_info["splits"]["valid"]["selection_biased"] == ["psnr", "ssim"]
+    assert "psnr" in sr_info["splits"]["valid"]
     sweep = json.loads((out / "plots" / "sweep" / "sr_imagenet64_cnf.json").read_text())
     assert {(r["split"], r["temperature"]) for r in sweep} == {(s, t) for s in sr for t in (0.0, 1.0)}
     drive_pr = json.loads((out / "plots" / "eval" / "drive_cnf.json").read_text())

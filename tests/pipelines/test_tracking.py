@@ -167,3 +167,31 @@ def test_system_metrics_are_logged_while_the_block_runs(store):
     with tracking.system_metrics(run_id, sampling_interval=0.2):
         time.sleep(1.0)
     assert any(k.startswith("system/cpu") for k in store.get_run(run_id).data.metrics)
+
+
+def _first_use(uri: str) -> None:
+    from mlflow import MlflowClient
+
+    from pipelines import tracking
+
+    tracking.check_store(uri)
+    client = MlflowClient(tracking_uri=uri)
+    client.search_experiments()
+    client.create_experiment(f"e{os.getpid()}")
+
+
+def test_processes_creating_one_sqlite_store_at_once_do_not_race_on_its_schema(tmp_path):
+    """Two queued `dvc exp run`s start together on one new mlflow.db: without the lock around its creation most
+    of them die on "table ... already exists" (measured: 3 or 4 of 4 processes)."""
+    import multiprocessing
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    procs = [multiprocessing.get_context("spawn").Process(target=_first_use, args=(uri,)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+    assert [p.exitcode for p in procs] == [0] * 4
+    from mlflow import MlflowClient
+
+    assert len(MlflowClient(tracking_uri=uri).search_experiments()) == 5  # Default + one per process

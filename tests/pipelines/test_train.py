@@ -278,21 +278,24 @@ def test_training_twice_gives_bit_identical_weights_and_the_same_metrics_and_eva
         proc = subprocess.run(
             [CNF, "evaluate", EXP, "--params", str(ROOT / "params.yaml"), "--data-root", str(shards.parent),
              "--model", str(tmp / "models" / f"{EXP}.pt"), "--train-info", str(tmp / "runs" / EXP / "train_info.json"),
-             "--sweeps", str(tmp / "no-sweeps"), "--out", str(tmp / "eval.json"), "--set", "eval.n_samples=2",
+             "--sweeps", str(tmp / "no-sweeps"), "--out", str(tmp / "eval.json"), "--info-out",
+             str(tmp / "eval_info.json"), "--plots-out", str(tmp / "eval_pr.json"), "--set", "eval.n_samples=2",
              *[a for s in TINY for a in ("--set", s)]],
             cwd=tmp, env=os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"},
             capture_output=True, text=True, timeout=400)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         runs.append((metrics, torch.load(tmp / "models" / f"{EXP}.pt", map_location="cpu", weights_only=False),
-                     json.loads((tmp / "eval.json").read_text())))
+                     {"metrics": json.loads((tmp / "eval.json").read_text()),
+                      "info": json.loads((tmp / "eval_info.json").read_text()),
+                      "pr": json.loads((tmp / "eval_pr.json").read_text())}))
     (m1, c1, e1), (m2, c2, e2) = runs
     science = json.loads((tmp_path / "a" / "metrics" / f"{EXP}.json").read_text()).keys() - set(TIMING_KEYS)
     assert {k: m1[k] for k in science} == {k: m2[k] for k in science}
     assert c1["state_dict"].keys() == c2["state_dict"].keys()
     for key, value in c1["state_dict"].items():
         assert torch.equal(value, c2["state_dict"][key]), key
-    assert e1["mlflow_run_id"] != e2["mlflow_run_id"]  # two stores, two runs
-    assert e1["splits"] == e2["splits"]
+    assert e1["info"]["mlflow_run_id"] != e2["info"]["mlflow_run_id"]  # two stores, two runs
+    assert e1["metrics"] == e2["metrics"] and e1["info"]["splits"] == e2["info"]["splits"] and e1["pr"] == e2["pr"]
 
 
 @pytest.mark.slow
