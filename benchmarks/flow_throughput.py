@@ -14,6 +14,10 @@ from other processes hits them alike; medians are reported:
 - ``ours``: ``flowlib.build_model`` exactly as ``cnf train`` builds the experiment (encoder, conditional
   couplings on ``[z_1, h]``, conditional split priors and prior, dequantizer); eager, NCHW.
 - ``ours-cl``: the same model after :func:`flowlib.channels_last` (NHWC end to end), eager.
+- ``ours-mixed``: ``ours-cl`` with :func:`flowlib.mixed_precision` (bfloat16 networks: coupling subnets,
+  encoder, prior nets, dequantizer nets; the bijections, log-determinants and priors' densities stay float32),
+  what the cpu profile trains with (``scaling: {channels_last: true, mixed_precision: true}``). The peers run
+  float32 only (neither separates its networks from its bijections), so its ratio to them compares precisions too.
 - ``ours-compiled``: the same model (NCHW; inductor picks NHWC for its convolutions itself) through
   :func:`flowlib.compile_model`; sampling runs the eager model.
 - ``ours-before``: with ``--before REV``, flowlib as of git revision ``REV`` (``git archive``, read only), same
@@ -62,7 +66,7 @@ from pathlib import Path
 from flow_configs import CONFIGS, GRAD_CLIP, ROOT, build_ours, flow_options, load_flowlib_at, make_batch
 
 PEERS = ("normflows", "freia")
-OURS = {"ours": "eager", "ours-cl": "cl", "ours-compiled": "compiled"}
+OURS = {"ours": "eager", "ours-cl": "cl", "ours-mixed": "mixed", "ours-compiled": "compiled"}
 DEFAULT_CONFIGS = ("reference", "drive", "sr")
 
 
@@ -126,8 +130,10 @@ def _ours(flowlib, cfg: dict, mode: str = "eager") -> Impl:
     y, x = make_batch(cfg)
     with torch.no_grad():
         model.nll(y, x)  # ActNorm's data-dependent initialisation, as the worker does before training
-    if mode == "cl":
+    if mode in ("cl", "mixed"):
         flowlib.channels_last(model)
+    if mode == "mixed":
+        flowlib.mixed_precision(model, torch.bfloat16)
     objective = flowlib.compile_model(model) if mode == "compiled" else model
     impl = Impl(model, lambda: objective(y, x).mean(), lambda: model.sample(x), cfg["batch"])
     impl.predict = lambda n: model.predict(x, n_samples=n)
@@ -511,7 +517,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), choices=list(CONFIGS))
     p.add_argument("--impls", nargs="+", default=None,
-                   help="subset of ours ours-cl ours-compiled ours-before normflows freia (default: all that apply)")
+                   help="subset of ours ours-cl ours-mixed ours-compiled ours-before normflows freia (default: all that apply)")
     p.add_argument("--rounds", type=int, default=8, help="timed round-robin rounds (median reported)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--before", metavar="REV", help="also time flowlib as of this git revision (ours-before)")
@@ -525,7 +531,7 @@ def main(argv=None) -> int:
     if args.one:
         print(json.dumps(measure_memory(args.one[0], args.one[1], 3, args.threads, args.before)))
         return 0
-    impls = args.impls or (["ours", "ours-cl"] + ([] if args.no_compile else ["ours-compiled"])
+    impls = args.impls or (["ours", "ours-cl", "ours-mixed"] + ([] if args.no_compile else ["ours-compiled"])
                            + (["ours-before"] if args.before else []) + list(PEERS))
     if "ours-before" in impls and not args.before:
         raise SystemExit("--impls ours-before needs --before REV")

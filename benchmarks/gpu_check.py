@@ -5,8 +5,8 @@ Two parts, each printing a table:
 1. Correctness on the GPU: every family x target of ``build_model`` runs ``nll`` + backward + ``predict`` on CUDA,
    and a continuous-target flow gives the same ``log_likelihood`` on CPU and GPU (same weights, same input).
 2. Throughput of the paper configurations (``params-paper.yaml`` model options, the papers' input sizes and
-   batch sizes): train steps/s and images/s in float32 and under bf16 autocast (what ``scaling.mixed_precision``
-   does in ``pipelines/training/worker.py``), peak GPU memory, the relative gap between the bf16 and float32 loss on the
+   batch sizes): train steps/s and images/s in float32 and with bfloat16 networks (``flowlib.mixed_precision``,
+   what ``scaling.mixed_precision`` does through ``ScalingParams.configure``), peak GPU memory, the relative gap between the bf16 and float32 loss on the
    same batch, and what the paper's iteration count would take on one GPU.
 
     python benchmarks/gpu_check.py [--params params-paper.yaml] [--steps 10] [--experiments a,b,...]
@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flowlib.models import build_model  # noqa: E402
+from flowlib.precision import mixed_precision  # noqa: E402
 from pipelines.params import load_params  # noqa: E402
 from pipelines.tasks import get_task  # noqa: E402
 from pipelines.training.worker import NLLObjective, train_step  # noqa: E402
@@ -104,21 +105,23 @@ def throughput(name: str, exp, device, steps: int) -> dict:
         model.nll(y, x)  # ActNorm initialisation, as the worker does before the first step
         torch.manual_seed(5)
         ref = float(model.nll(y, x).mean())
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
-            torch.manual_seed(5)
-            low = float(model.nll(y, x).float().mean())
+        mixed_precision(model, torch.bfloat16)
+        torch.manual_seed(5)
+        low = float(model.nll(y, x).float().mean())
+        mixed_precision(model, None)
     objective = NLLObjective(model)
     out = {"experiment": name, "batch": batch, "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
            "bf16_loss_rel_gap": abs(low - ref) / max(abs(ref), 1e-9)}
     for label, amp in (("fp32", None), ("bf16", torch.bfloat16)):
+        mixed_precision(model, amp)
         optimizer = torch.optim.Adam(model.parameters(), lr=exp.train.lr)
-        train_step(objective, optimizer, y, x, num_dims, exp.train.grad_clip, amp)  # warm-up
+        train_step(objective, optimizer, y, x, num_dims, exp.train.grad_clip)  # warm-up
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         finite = 0
         for _ in range(steps):
-            finite += train_step(objective, optimizer, y, x, num_dims, exp.train.grad_clip, amp).finite
+            finite += train_step(objective, optimizer, y, x, num_dims, exp.train.grad_clip).finite
         torch.cuda.synchronize()
         dt = (time.perf_counter() - start) / steps
         out[f"{label}_steps_s"] = 1 / dt

@@ -4,7 +4,8 @@
 
 The step is the worker's (``pipelines/training/worker.py``): ``zero_grad``, ``nll(y, x).mean()``, backward,
 ``clip_grad_norm_`` and Adam. ``--before REV`` profiles flowlib as of a git revision (``git archive``, read
-only) instead of the working tree; ``--mode cl`` profiles the model after :func:`flowlib.channels_last`,
+only) instead of the working tree; ``--mode cl`` profiles the model after :func:`flowlib.channels_last`, ``--mode mixed`` that model with
+:func:`flowlib.mixed_precision` (bfloat16 networks),
 ``--mode compiled`` :func:`flowlib.compile_model`'s compiled objective.
 Prints the ``--top`` operators by self CPU time (the share of the profiled steps each took) and the wall time
 per step; configurations: ``benchmarks/flow_configs.py``.
@@ -27,8 +28,10 @@ def make_step(flowlib, cfg: dict, mode: str = "eager"):
     y, x = make_batch(cfg)
     with torch.no_grad():
         model.nll(y, x)  # ActNorm's data-dependent initialisation, as the worker does before training
-    if mode == "cl":
+    if mode in ("cl", "mixed"):
         flowlib.channels_last(model)
+    if mode == "mixed":
+        flowlib.mixed_precision(model, torch.bfloat16)
     objective = flowlib.compile_model(model) if mode == "compiled" else model
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=1e-4)
@@ -45,7 +48,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", choices=list(CONFIGS), required=True)
     p.add_argument("--before", metavar="REV", help="profile flowlib as of this git revision")
-    p.add_argument("--mode", choices=("eager", "cl", "compiled"), default="eager",
+    p.add_argument("--mode", choices=("eager", "cl", "mixed", "compiled"), default="eager",
                    help="eager NCHW, eager after flowlib.channels_last, or flowlib.compile_model")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=3)

@@ -87,6 +87,8 @@ class ConditionalActNorm(Bijection):
         scale_bound: ``S``, the bound on the log-scale (``None`` or 0: unbounded).
     """
 
+    networks = ("net",)  # the conditioning network; see flowlib.precision
+
     def __init__(self, channels: int, cond_channels: int, cond_size: tuple[int, int], conv_channels: int = 32,
                  fc_width: int = 32, scale_bound: Optional[float] = 1.0):
         super().__init__()

@@ -77,6 +77,7 @@ class FactorizedBaseline(nn.Module):
 
     params_per_channel = 1
     name = ""
+    networks = ("encoder", "head")  # see flowlib.precision
 
     def __init__(self, y_shape, x_shape, encoder: str = "rrdb", hidden: int = 32, **encoder_options: Any):
         super().__init__()

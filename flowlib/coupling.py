@@ -14,6 +14,9 @@ from .subnets import make_subnet
 class _Coupling(Bijection):
     """Shared plumbing: split channels ``u = [u_1, u_2]``, run the subnet on ``[u_1, h]``."""
 
+    #: the children that are plain networks, not bijective arithmetic (:func:`flowlib.precision.mixed_precision`)
+    networks = ("subnet", "cond_net")
+
     def __init__(self, channels: int, cond_channels: int, hidden: int, subnet: str, params_per_channel: int,
                  cond_net: Optional[nn.Module], cond_features: Optional[int]):
         super().__init__()

@@ -73,6 +73,8 @@ class CheckerboardAffineCoupling(Bijection):
     which squares pass through unchanged.
     """
 
+    networks = ("net",)  # see flowlib.precision
+
     def __init__(self, channels: int, cond_channels: int, hidden: int, parity: int):
         super().__init__()
         self.parity = int(parity) % 2
@@ -196,6 +198,8 @@ class _NoiseFlowDequantizer(nn.Module):
     ``\log q(a|y,x) = \log N(e) - \log|\det \partial a / \partial e|``; subclasses squash ``a`` into the cell
     of ``y`` and subtract the squashing's log-Jacobian.
     """
+
+    networks = ("features",)  # see flowlib.precision
 
     def __init__(self, y_shape, x_shape, steps: int, hidden: int):
         super().__init__()

@@ -135,6 +135,8 @@ class ConditionalInvConv1x1(Bijection):
         conv_channels, fc_width: widths of the conditioning network.
     """
 
+    networks = ("net",)  # the conditioning network; see flowlib.precision
+
     def __init__(self, channels: int, cond_channels: int, cond_size: tuple[int, int], conv_channels: int = 32,
                  fc_width: int = 32):
         super().__init__()

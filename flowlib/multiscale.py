@@ -61,6 +61,8 @@ class ConditionalFlow(nn.Module):
         cond_mode: ``"interpolate"`` or ``"squeeze"``.
     """
 
+    networks = ("encoder",)  # g(x); see flowlib.precision
+
     def __init__(self, y_shape: Sequence[int], x_shape: Sequence[int], encoder: Optional[nn.Module],
                  levels: Sequence[Bijection], split_priors: Sequence[nn.Module], prior: nn.Module,
                  cond_mode: str = "interpolate"):

@@ -86,6 +86,8 @@ class _ConvGaussian(nn.Module):
     """``cond -> (mu, log sigma)`` by a network ending in a zero-initialised convolution (default:
     Conv3x3-ReLU-ZeroConv3x3, the conditional priors' network)."""
 
+    networks = ("net",)  # see flowlib.precision
+
     def __init__(self, cond_channels: int, channels: int, hidden: int, net: Optional[nn.Module] = None):
         super().__init__()
         self.channels = channels

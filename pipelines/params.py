@@ -167,10 +167,37 @@ class TrainParams:
 class ScalingParams:
     num_workers: int = field(default=1, metadata=POSITIVE)
     use_gpu: bool = False
-    mixed_precision: bool = False  # AMP (bf16 autocast) on GPU only; ignored on CPU
+    # bfloat16 networks (coupling subnets, encoder, prior nets), float32 bijections: flowlib.mixed_precision.
+    # CPU or GPU; on a CPU without AVX512-BF16 or AMX bfloat16 is emulated (slower; training warns).
+    mixed_precision: bool = False
+    channels_last: bool = False  # NHWC execution (flowlib.channels_last): faster convolutions on CPU and GPU
     cpus_per_worker: float = field(default=1.0, metadata=POSITIVE)
     gpus_per_worker: Optional[float] = field(default=None, metadata=POSITIVE)
     max_failures: int = field(default=2, metadata={"check": "min-1"})  # FailureConfig; -1 = retry forever
+
+    def configure(self, model):
+        """``model`` set up to run as these settings say (layout, precision), in place; returns it.
+
+        Training, evaluation and sweeps all run a model through this, so a model is evaluated as it was
+        trained. Neither setting changes the ``state_dict``: checkpoints load under any settings.
+        """
+        import warnings
+
+        import torch
+
+        import flowlib
+
+        if self.channels_last:
+            flowlib.channels_last(model)
+        if self.mixed_precision:
+            on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+            native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)() or getattr(
+                torch.cpu, "_is_amx_tile_supported", lambda: False)()
+            if on_cpu and not native:
+                warnings.warn("scaling.mixed_precision: this CPU has neither AVX512-BF16 nor AMX, so bfloat16 is "
+                              "emulated and slower than float32 (set scaling.mixed_precision=false)", RuntimeWarning)
+            flowlib.mixed_precision(model, "bfloat16")
+        return model
 
 
 @dataclass(frozen=True)

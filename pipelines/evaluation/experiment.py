@@ -177,4 +177,4 @@ def load_experiment_model(exp, source: str | Path, *, any_checkpoint: bool = Fal
         raise ValueError(f"{problem}; --any-checkpoint uses it anyway")
     if problem:
         print(f"warning: {problem}", file=sys.stderr)
-    return load_model(source)
+    return exp.scaling.configure(load_model(source))  # evaluated as it was trained (layout, precision)

@@ -9,7 +9,8 @@ the task's hooks where tasks differ:
 2. ``resize`` to ``size`` (argument, else the task's default), when set (depth crops instead, drawing from
    ``rng``: resizing a frame would blend its invalid zeros into ``y``);
 3. the joint affine warp (DRIVE augmentation) when training with ``augment`` (default: the task's ``augment``),
-   straight into the ``patch`` when ``x`` shares ``y``'s grid;
+   straight into the ``patch`` when ``x`` shares ``y``'s grid; else, when training with the ``flip`` option,
+   a left-right mirror of every array with probability 1/2 (the horses of c-Glow Table 1 face both ways);
 4. an aligned random ``patch`` when training (the window is drawn on ``x``'s grid, ``y``'s / ``input_scale``);
 5. ``derive_input``: inputs made from ``y`` (noise, holes), seeded by (key, seed, epoch);
 6. ``select_target``: the part of ``y`` the model predicts (inpainting: the hidden block; else all of it);
@@ -17,7 +18,8 @@ the task's hooks where tasks differ:
    The extra ``unpadded`` (1, H, W) marks ``y``'s own pixels (1) against the padding (0): bits/dim counts only
    those (``pipelines.evaluation.split``), and no score reads the padding.
 
-Steps 2 (depth), 3 and 4 draw from the one generator ``rng`` in that order; step 5 draws from a fresh
+Steps 2 (depth), 3 (the warp, or the flip's coin when ``flip`` is on) and 4 draw from the one generator ``rng``
+in that order; step 5 draws from a fresh
 ``key_rng(key, seed, epoch)``, so the noise of a sample does not depend on its crop.
 """
 from __future__ import annotations
@@ -177,6 +179,7 @@ class Task:
     target: str  # image8 | binary | categorical | continuous
     num_classes: int | None = None
     size: int | None = None  # default square resize of the raw sample (c-Glow resizes; sizes lost in extraction)
+    flip: bool = False  # training: mirror y, x, mask left-right with probability 1/2 (step 3; off: bitwise as before)
 
     #: the metrics tables and sweeps report, in order (bits/dim first)
     summary_metrics: ClassVar[tuple[str, ...]] = ("bpd",)
@@ -240,6 +243,10 @@ class Task:
                                    **warp)
             y, mask, x = warped["y"], warped["mask"], warped.get("x")
             extras = {k: warped[k] for k in extras}
+        elif train and self.flip and rng.random() < 0.5:
+            y, mask = y[:, ::-1], mask[:, ::-1]
+            x = None if x is None else x[:, ::-1]
+            extras = {k: v[:, ::-1] for k, v in extras.items()}
         if train and patch and not (augmenting and scale == 1):
             y, x, mask, extras = random_patch(y, x, mask, extras, patch, scale, rng)
         x, mask = self.derive_input(y, x, mask, key=key, seed=seed, epoch=epoch)

@@ -51,7 +51,7 @@ def checkpoint_grids(model_path: Path, exp, task, data_dir: str, out_dir: Path,
     from flowlib.checkpoint import load_model
     from pipelines.data.loader import loader_options, make_loader
 
-    model = load_model(str(model_path)).eval()
+    model = exp.scaling.configure(load_model(str(model_path)).eval())
     loader = make_loader(data_dir, exp.data.train_split, exp.task, batch_size=4, train=False, seed=0,
                          manifest=manifest, **loader_options(exp.data, train=False))
     batch = next(iter(loader))

@@ -77,19 +77,14 @@ class StepResult:
 
 
 def train_step(objective: nn.Module, optimizer: torch.optim.Optimizer, y: torch.Tensor, x: torch.Tensor,
-               num_dims: int, grad_clip: float | None = None, amp_dtype: torch.dtype | None = None) -> StepResult:
+               num_dims: int, grad_clip: float | None = None) -> StepResult:
     """One Adam step on the mean NLL; a non-finite loss or gradient norm on any rank skips the step everywhere.
 
     Backward always runs, even on a NaN loss, so every DDP rank joins the gradient all-reduce; whether to step
     is then agreed with an all-reduce of a finiteness flag, so ranks never diverge.
     """
     optimizer.zero_grad(set_to_none=True)
-    if amp_dtype is not None:
-        with torch.autocast(device_type=y.device.type, dtype=amp_dtype):
-            nll = objective(y, x)
-    else:
-        nll = objective(y, x)
-    loss = nll.float().mean()
+    loss = objective(y, x).float().mean()
     loss.backward()
     params = [p for p in objective.parameters() if p.grad is not None]
     max_norm = grad_clip if grad_clip is not None else float("inf")
@@ -229,8 +224,8 @@ def build_for_batch(job: TrainJob, y: torch.Tensor, x: torch.Tensor, *, initiali
                         **job.model_options).to(y.device)
     if initialise:
         with torch.no_grad():
-            model.nll(y, x)
-    return model
+            model.nll(y, x)  # ActNorm's data-dependent initialisation, in full precision
+    return job.experiment.scaling.configure(model)
 
 
 def last_logged_step(run_id: str, key: str = "train_nll") -> int:
@@ -362,7 +357,6 @@ def train_loop_per_worker(config: dict) -> dict:
         checkpointer = Checkpointer(model, optimizer, experiment=exp.name, rank=rank, world_size=world_size)
         if state:
             checkpointer.restore(state)
-        amp_dtype = torch.bfloat16 if (exp.scaling.mixed_precision and device.type == "cuda") else None
         meter = TrainMeter(exp.name, world_size=world_size, max_nonfinite=train.max_nonfinite,
                            nonfinite_total=start.nonfinite_total, nonfinite_run=start.nonfinite_run)
 
@@ -374,7 +368,7 @@ def train_loop_per_worker(config: dict) -> dict:
             lr = lr_at(step, train.lr, train.warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            result = train_step(objective, optimizer, y, x, num_dims, train.grad_clip, amp_dtype)
+            result = train_step(objective, optimizer, y, x, num_dims, train.grad_clip)
             step += 1
             meter.update(result, y.shape[0], step)  # the finiteness is agreed, so every rank raises alike
             if rank == 0 and (step % train.log_every == 0 or step == train.steps):

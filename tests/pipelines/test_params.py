@@ -223,3 +223,30 @@ def test_a_bad_value_in_defaults_train_is_blamed_on_defaults_not_on_the_first_ex
         parse_params(raw, ["train.steps=3"], "drive_cnf")
     assert err.value.key == "defaults.train.lr"
     assert str(err.value).startswith("defaults.train.lr: expected a positive float, got -0.001")
+
+
+def test_scaling_configures_layout_and_precision_without_touching_the_state_dict():
+    import torch
+
+    import flowlib
+    from flowlib.layout import is_channels_last
+    from flowlib.precision import compute_dtype
+    from pipelines.params import ScalingParams
+
+    def model():
+        torch.manual_seed(0)
+        return flowlib.build_model("cnf", "binary", (1, 8, 8), (3, 8, 8), levels=2, steps=1, hidden=8,
+                                   encoder="vgg", coupling="additive", subnet="drive")
+
+    plain = ScalingParams().configure(model())
+    assert compute_dtype(plain) is None
+    assert not any(is_channels_last(p) for p in plain.parameters())
+    fast = ScalingParams(channels_last=True, mixed_precision=True).configure(model())
+    assert compute_dtype(fast) == torch.bfloat16
+    assert any(is_channels_last(p) for p in fast.parameters())
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    for key, value in fast.state_dict().items():
+        assert torch.equal(value, plain.state_dict()[key]), key
+    exp = parse_params(minimal(), ["scaling.channels_last=true", "scaling.mixed_precision=true"], "drive_cnf") \
+        .experiment("drive_cnf")
+    assert exp.scaling.channels_last and exp.scaling.mixed_precision

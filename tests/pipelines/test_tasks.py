@@ -189,6 +189,31 @@ def test_horses_target_is_the_mask_tiled_three_times():
                                              key="k", train=False, rng=key_rng("k"), size=16).y.shape[0] == 1
 
 
+@pytest.mark.parametrize("name", ["horses", "sr", "inpaint"])
+def test_flip_mirrors_every_array_together_half_the_time_and_only_in_training(name):
+    task = get_task(name)
+    decoded = _decoded(task, 16, 16)
+    plain = task.prepare(decoded, key="k", train=False, rng=key_rng("k"), size=None if name == "sr" else 16)
+    flipped = 0
+    for i in range(40):
+        args = dict(key="k", train=True, rng=key_rng(f"k{i}"), size=None if name == "sr" else 16)
+        off = task.prepare(decoded, **args)
+        args["rng"] = key_rng(f"k{i}")
+        on = task.with_options(flip=True).prepare(decoded, **args)
+        np.testing.assert_array_equal(off.y, plain.y)  # no patch: training without flip is the image itself
+        if np.array_equal(on.y, plain.y[..., ::-1]) and not np.array_equal(on.y, plain.y):
+            flipped += 1
+            np.testing.assert_array_equal(on.x, plain.x[..., ::-1])
+            np.testing.assert_array_equal(on.mask, plain.mask[..., ::-1])
+        else:
+            np.testing.assert_array_equal(on.y, plain.y)
+            np.testing.assert_array_equal(on.x, plain.x)
+    assert 10 <= flipped <= 30
+    again = task.with_options(flip=True).prepare(decoded, key="k", train=False, rng=key_rng("k"),
+                                                 size=None if name == "sr" else 16)
+    np.testing.assert_array_equal(again.y, plain.y)
+
+
 def test_horses_iou_is_the_class_mean_and_the_copies_collapse_by_their_mean():
     target = np.zeros((3, 4, 4))
     target[:, :2] = 1  # foreground: the top 8 pixels
