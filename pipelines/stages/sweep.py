@@ -3,7 +3,7 @@
     cnf sweep EXPERIMENT [--params params.yaml] [--model models/<exp>.pt] [--data-root data/shards]
               [--out metrics/sweep/<exp>.json] [--info-out info/sweep/<exp>.json]
               [--plots-out plots/sweep/<exp>.json] [--figures figures] [--temperatures T,T,...]
-              [--any-checkpoint] [--set k=v ...]
+              [--any-checkpoint] [--listed-only] [--set k=v ...]
 
 For each temperature of ``sweep.temperatures`` (default 0, 0.5, 0.8, 1.0; temperature scales every prior
 std, 0 decodes the prior means) the experiment's sweep split (``sweep.split``, else the eval split) and its
@@ -17,6 +17,10 @@ Table 2). The checkpoint must be one of this experiment (as in `cnf evaluate`). 
 - ``--info-out``: labels, the temperatures, ``selection`` (metric, temperature, split, dataset, value, rule),
   the temperature each best value was reached at, the splits' datasets, the figures, ``mlflow_run_id``;
 - ``--plots-out``: the curves, one record ``{temperature, split, metric, value}`` per value, for ``dvc plots``.
+
+With ``--listed-only`` (the pipeline's stage, one per experiment) an experiment without a ``sweeps.<exp>`` entry is
+not swept: the stage writes ``{}`` metrics, ``[]`` plots, an info file with ``swept: false`` and an empty figures
+folder, without loading the model, so each evaluation can depend on its own sweep file.
 
 A sample grid for fixed inputs (the first batch of the sweep split: input, one sample per temperature, ground
 truth; Winkler et al. 2019, Figure 3) and a metric-vs-temperature plot go to ``--figures`` and to the
@@ -44,6 +48,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="sweep --model even if it is a checkpoint of another experiment or config")
     parser.add_argument("--figures", default="figures")
     parser.add_argument("--temperatures", default=None, help="comma-separated, overrides sweep.temperatures")
+    parser.add_argument("--listed-only", action="store_true",
+                        help="sweep only if params.yaml has a sweeps.<exp> entry; else record that it has none")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,15 +74,23 @@ def run(args: argparse.Namespace) -> int:
     if entry is not None and entry.select is not None and entry.select not in task.summary_metrics:
         raise ValueError(f"sweeps.{exp.name}.select: {entry.select!r} is not a metric of task {exp.task!r}; "
                          f"expected one of {list(task.summary_metrics)}")
+    out_path = Path(args.out or f"metrics/sweep/{exp.name}.json")
+    info_path = Path(args.info_out or f"info/sweep/{exp.name}.json")
+    plots_path = Path(args.plots_out or f"plots/sweep/{exp.name}.json")
+    if entry is None and args.listed_only:
+        Path(args.figures).mkdir(parents=True, exist_ok=True)
+        write_json(plots_path, [])
+        write_json(info_path, {"experiment": exp.name, "paper": exp.paper, "task": exp.task, "profile": params.profile,
+                               "swept": False, "reason": f"params.yaml has no sweeps.{exp.name} entry"})
+        write_json(out_path, {})
+        print(json.dumps({"experiment": exp.name, "swept": False}))
+        return 0
     model_path = args.model or f"models/{exp.name}.pt"
     try:
         model = load_experiment_model(exp, model_path, any_checkpoint=args.any_checkpoint)
     except ValueError as exc:
         print(f"cnf sweep {exp.name}: error: {exc}", file=sys.stderr)
         return 2
-    out_path = Path(args.out or f"metrics/sweep/{exp.name}.json")
-    info_path = Path(args.info_out or f"info/sweep/{exp.name}.json")
-    plots_path = Path(args.plots_out or f"plots/sweep/{exp.name}.json")
     run_id = train_run_id(args.train_metrics or f"runs/{exp.name}/train_info.json")
     model.eval()
 
@@ -96,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
                             title=f"{exp.name}: samples per temperature ({split})"),
         figures.metric_vs_temperature(results, keys, figs / f"{exp.name}_temperature_metrics.png", title=exp.name),
     ]
-    info = {"experiment": exp.name, "paper": exp.paper, "task": exp.task, "profile": params.profile,
+    info = {"experiment": exp.name, "paper": exp.paper, "task": exp.task, "profile": params.profile, "swept": True,
             "mlflow_run_id": run_id, "split": split, "dataset": splits[split]["dataset"],
             "n_samples": exp.sweep.n_samples or exp.eval.n_samples, "temperatures": temps,
             "splits": {name: {"dataset": spec["dataset"], "split": spec.get("split", "test"),

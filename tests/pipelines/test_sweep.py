@@ -85,6 +85,33 @@ def test_cnf_sweep_writes_metrics_per_temperature_and_figures(drive, tmp_path):
     assert all(p.stat().st_size > 0 for p in (tmp_path / "figs").iterdir())
 
 
+def test_listed_only_records_an_unlisted_experiment_without_loading_a_model(tmp_path):
+    """The pipeline's sweep stage runs per experiment; one without a `sweeps` entry writes empty outputs (so its
+    evaluation depends on its own, unchanging sweep file) and needs no model or data."""
+    params = {"profile": "demo", "datasets": {"drive": {"source": "demo"}},
+              "experiments": {"drive_factored": {"paper": "winkler2019", "task": "vessel",
+                                                 "data": {"dataset": "drive"}, "model": {"family": "factorized"}}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    paths = {"--out": tmp_path / "m.json", "--info-out": tmp_path / "i.json", "--plots-out": tmp_path / "p.json",
+             "--figures": tmp_path / "figs"}
+    argv = ["sweep", "drive_factored", "--listed-only", "--params", str(tmp_path / "params.yaml"), "--model",
+            str(tmp_path / "absent.pt"), "--data", str(tmp_path / "no-data")]
+    for flag, path in paths.items():
+        argv += [flag, str(path)]
+    assert cli.main(argv) == 0
+    assert json.loads(paths["--out"].read_text()) == {} and json.loads(paths["--plots-out"].read_text()) == []
+    info = json.loads(paths["--info-out"].read_text())
+    assert info["swept"] is False and "sweeps.drive_factored" in info["reason"]
+    assert paths["--figures"].is_dir() and not any(paths["--figures"].iterdir())
+    first = {flag: path.read_bytes() for flag, path in paths.items() if path.is_file()}
+    assert cli.main(argv) == 0  # a rerun writes the same bytes: the evaluation downstream stays valid
+    assert first == {flag: path.read_bytes() for flag, path in paths.items() if path.is_file()}
+    params["sweeps"] = {"drive_factored": {"dataset": "drive"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(FileNotFoundError, match="absent.pt"):  # listed now: the model is needed
+        cli.main(argv)
+
+
 def test_select_temperature_takes_the_best_and_ties_go_low():
     from pipelines.evaluation.sweep import select_temperature
 
