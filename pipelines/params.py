@@ -171,6 +171,9 @@ class ScalingParams:
     # CPU or GPU; on a CPU without AVX512-BF16 or AMX bfloat16 is emulated (slower; training warns).
     mixed_precision: bool = False
     channels_last: bool = False  # NHWC execution (flowlib.channels_last): faster convolutions on CPU and GPU
+    # torch.compile of the training objective (flowlib.compile_model: inductor, falls back to eager with a warning
+    # on any compiler failure); the first step compiles (tens of seconds). Training only: evaluation runs eager.
+    compile: bool = False
     cpus_per_worker: float = field(default=1.0, metadata=POSITIVE)
     gpus_per_worker: Optional[float] = field(default=None, metadata=POSITIVE)
     max_failures: int = field(default=2, metadata={"check": "min-1"})  # FailureConfig; -1 = retry forever

@@ -320,6 +320,10 @@ def _set_up(job: TrainJob, state: TrainState | None, rank: int, world_size: int,
     objective = NLLObjective(model)
     if world_size > 1:
         objective = ray.train.torch.prepare_model(objective, move_to_device=False)
+    if exp.scaling.compile:
+        from flowlib import compile_model
+
+        objective = compile_model(objective)  # parameters and state_dict stay the model's; eager on failure
     return stream, epoch, batch, model, objective, num_dims
 
 

@@ -248,3 +248,24 @@ def test_every_rank_agrees_on_one_ranks_setup_error():
         out = manager.dict()
         mp.spawn(_agree_rank, args=(2, free_port(), out), nprocs=2, join=True)
         assert dict(out) == {0: "rank 1: bad option", 1: "rank 1: bad option"}
+
+
+def test_build_for_batch_initialises_in_float32_then_applies_the_scaling_settings():
+    import dataclasses
+
+    from flowlib.layout import is_channels_last
+    from flowlib.precision import compute_dtype
+
+    plain = job_for("drive_cnf")
+    exp = plain.experiment
+    fast = dataclasses.replace(plain, experiment=dataclasses.replace(
+        exp, scaling=dataclasses.replace(exp.scaling, channels_last=True, mixed_precision=True)))
+    y, x = (torch.rand(2, 1, 16, 16) > 0.8).float(), torch.rand(2, 3, 16, 16)
+    models = []
+    for job in (plain, fast):
+        torch.manual_seed(1)
+        models.append(build_for_batch(job, y, x))
+    assert compute_dtype(models[0]) is None and compute_dtype(models[1]) == torch.bfloat16
+    assert any(is_channels_last(p) for p in models[1].parameters())
+    for (key, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        assert torch.equal(a, b), key  # ActNorm's data-dependent initialisation ran in full precision
