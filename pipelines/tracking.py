@@ -134,6 +134,29 @@ CONNECT_TIMEOUT_S = 5
 _checked: set[str] = set()
 
 
+def machine() -> dict[str, Any]:
+    """What this process runs on, for the record beside a run's timings: CPU model, logical CPUs (and the
+    ones this process may use), torch's version and intra-op threads, the GPU when torch sees one."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    out: dict[str, Any] = {"cpu": cpu, "cpus": os.cpu_count(),
+                           "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+                           "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out
+
+
 def tracking_uri() -> str:
     """The tracking URI every stage uses: ``$MLFLOW_TRACKING_URI`` if set, else the project's SQLite file."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"

@@ -41,6 +41,21 @@ def train_run_id(path: str | Path) -> str | None:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
 
 
+TRAINING_COST = ("steps", "wall_s", "fit_s", "samples_per_s", "machine")  # of info/train/<exp>.json
+
+
+def training_cost(path: str | Path) -> dict | None:
+    """What training ``path``'s run cost, as `cnf train` recorded it (``TRAINING_COST``; None without the file)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    return {k: info[k] for k in TRAINING_COST if info.get(k) is not None} or None
+
+
 def eval_dataset(exp) -> str:
     """The dataset an experiment's eval split is read from: ``data.eval_dataset``, else ``data.dataset``."""
     return exp.data.eval_dataset or exp.data.dataset

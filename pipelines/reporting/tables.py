@@ -134,9 +134,40 @@ def _num(value) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _minutes(seconds) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def machine_label(machine: Mapping | None) -> str:
+    """``"AMD EPYC, 2 CPUs"`` (+ the GPU) from a recorded ``tracking.machine()``; ``""`` when none was recorded."""
+    if not machine:
+        return ""
+    label = f"{machine.get('cpu') or 'CPU'}, {machine.get('cpus_usable') or machine.get('cpus')} CPUs"
+    return f"{label}, {machine['gpu']}" if machine.get("gpu") else label
+
+
+def cost_note(ev: Mapping) -> str | None:
+    """What an evaluated row cost, from its info file: ``trained 4000 steps in 22.0 min (11.5 samples/s)``,
+    the evaluation's wall time, and the machine (``None`` when neither was recorded)."""
+    parts = []
+    train = ev.get("training") or {}
+    if train.get("wall_s") is not None:
+        rate = train.get("samples_per_s")
+        parts.append(f"trained {train.get('steps', '?')} steps in {_minutes(float(train['wall_s']))}"
+                     + (f" ({float(rate):.1f} samples/s)" if rate is not None else ""))
+    evaluation = ev.get("evaluation") or {}
+    if evaluation.get("wall_s") is not None:
+        parts.append(f"evaluated in {_minutes(float(evaluation['wall_s']))}")
+    machine = machine_label(train.get("machine") or evaluation.get("machine"))
+    if not parts:
+        return None
+    return ", ".join(parts) + (f" on {machine}" if machine else "")
+
+
 def _row(ev: Mapping, source: str, **fields) -> dict:
-    return {**fields, "source": source, "profile": ev.get("profile"), "experiment": ev.get("experiment"),
-            "mlflow_run_id": ev.get("mlflow_run_id")}
+    notes = "; ".join(filter(None, [fields.pop("notes", None), cost_note(ev)])) or None
+    return {**fields, **({"notes": notes} if notes else {}), "source": source, "profile": ev.get("profile"),
+            "experiment": ev.get("experiment"), "mlflow_run_id": ev.get("mlflow_run_id")}
 
 
 def _temperature_note(ev: Mapping) -> str:
@@ -182,7 +213,8 @@ def computed_rows(table: str, evals: Iterable[Mapping], scores: Iterable[Mapping
                        **({"iou_fg": _num(primary.get("iou_fg"))} if table == "cglow_table1" else {}))
             stand_in = paper_size(str(ev.get("experiment", "")))
             if stand_in and size and stand_in != f"{size}x{size}":
-                row["notes"] = f"{ev.get('profile')} profile: {size}x{size} stands for the paper's {stand_in} row"
+                row["notes"] = "; ".join(filter(None, [f"{ev.get('profile')} profile: {size}x{size} stands for the "
+                                                       f"paper's {stand_in} row", row.get("notes")]))
             if table == "cglow_table2" and primary.get("superpixels") == "slic":
                 row["notes"] = "; ".join(filter(None, [row.get("notes"), "SLIC super-pixels (shards carry none)"]))
             rows.append(row)

@@ -96,18 +96,22 @@ def selection_free(outputs: tuple[dict, dict], selection: dict | None) -> tuple[
 
 def run(args: argparse.Namespace) -> int:
     import tempfile
+    import time
 
     import torch
 
     from pipelines.evaluation.experiment import (eval_dataset, eval_figures, eval_outputs, evaluate_experiment,
-                                                 load_experiment_model, scalar_metrics, train_run_id)
+                                                 load_experiment_model, scalar_metrics, train_run_id,
+                                                 training_cost)
     from pipelines.evaluation.outputs import pr_records, relative_path
+    from pipelines import tracking
     from pipelines.evaluation.seeds import aggregate_seed_results, seed_model_paths
     from pipelines.io import write_json
     from pipelines.params import load_params
     from pipelines.reporting.reported import table_names
     from pipelines.tasks import get_task
 
+    t_start = time.time()
     params = load_params(args.params, args.overrides, experiment=args.experiment)
     exp = params.experiment(args.experiment)
     tables = table_names(exp.table, f"experiments.{exp.name}.table")
@@ -143,11 +147,11 @@ def run(args: argparse.Namespace) -> int:
         "n_samples": exp.eval.n_samples, "temperature": temperature, "temperature_selection": selection,
         "seed": args.seed, "primary": exp.data.eval_split, "plots": relative_path(plots_path),
         "seed_checkpoints": [relative_path(path) for _, path in runs] if len(runs) > 1 else None,
+        "training": training_cost(train_info),  # steps, wall_s, samples_per_s, machine (the table notes)
     }
     records = pr_records(results)
+    info["evaluation"] = {"wall_s": round(time.time() - t_start, 1), "machine": tracking.machine()}
     if run_id:
-        from pipelines import tracking
-
         # A run nested under the training run; the training run itself when the recorded one is gone.
         run_id, stage_run = tracking.open_stage_run(tracking.experiment_name(exp.paper, params.mlflow.experiment_prefix),
                                                     exp.name, "evaluate", run_id)

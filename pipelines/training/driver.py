@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -257,6 +258,8 @@ def summarize(exp, params, metrics: Mapping[str, Any], *, run_id: str, dataset: 
         "checkpoint": str(paths.model_out), "metrics": str(paths.metrics_out),
         "data_dir": dataset.uri, "data_manifest_sha256": dataset.manifest_sha256,
         "ray_run_dir": paths.run_dir(exp.name),
+        "machine": {**tracking.machine(), "ray_address": os.environ.get("RAY_ADDRESS") or "local",
+                    "workers": exp.scaling.num_workers, "cpus_per_worker": exp.scaling.cpus_per_worker},
     }
     clean = lambda d: {k: (None if isinstance(v, float) and v != v else v) for k, v in d.items()}  # noqa: E731
     return clean(scalars), clean(info)

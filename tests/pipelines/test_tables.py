@@ -253,3 +253,22 @@ def test_a_computed_row_must_cite_a_run_the_store_has(store, capsys):
     assert cli.main(args) == 2
     assert "computed rows of ['denoise_cglow'] cite no MLflow run id" in capsys.readouterr().err
     assert cli.main(args + ["--no-check-runs"]) == 0
+
+
+def test_each_row_notes_what_training_and_evaluation_cost_and_on_what_machine():
+    machine = {"cpu": "AMD EPYC", "cpus": 2, "cpus_usable": 2, "torch": "2.13.0"}
+    ev = {"experiment": "drive_cnf", "profile": "cpu", "tables": ["winkler_table3"], "primary": "test",
+          "mlflow_run_id": "r1", "splits": {"test": {"f1": 0.8, "bpd": 0.1, "n_runs": 1}},
+          "training": {"steps": 4000, "wall_s": 1320.0, "samples_per_s": 11.46, "machine": machine},
+          "evaluation": {"wall_s": 95.0, "machine": machine}}
+    [row] = tables.computed_rows("winkler_table3", [ev], [])
+    assert row["notes"] == ("one run (train.seeds: 1): no std; trained 4000 steps in 22.0 min (11.5 samples/s), "
+                            "evaluated in 1.6 min on AMD EPYC, 2 CPUs")
+    ev["training"] = None  # an info file from before the cost was recorded: the evaluation's alone
+    [row] = tables.computed_rows("winkler_table3", [ev], [])
+    assert row["notes"].endswith("; evaluated in 1.6 min on AMD EPYC, 2 CPUs")
+    horses = {**ev, "tables": ["cglow_table1"], "experiment": "horses32_cglow", "data": {"size": 32},
+              "splits": {"test": {"iou": 0.8, "iou_fg": 0.7}}, "evaluation": None}
+    horses["training"] = {"steps": 10, "wall_s": 30.0}
+    [row] = tables.computed_rows("cglow_table1", [horses], [])
+    assert row["notes"] == "trained 10 steps in 30 s"
