@@ -217,6 +217,9 @@ class SweepParams:
     temperatures: tuple = (0.0, 0.5, 0.8, 1.0)
     n_samples: Optional[int] = field(default=None, metadata=POSITIVE)
     split: Optional[str] = None
+    # Also score eval.extra_splits (the SR test sets) at every temperature, so each temperature's test scores are
+    # on record; false: the sweep split alone (all that choosing a temperature needs).
+    extra_splits: bool = True
 
 
 @dataclass(frozen=True)

@@ -56,11 +56,14 @@ def sweep_split(exp) -> str:
 
 
 def sweep_splits(exp) -> dict[str, dict[str, Any]]:
-    """What a sweep scores: the sweep split (the one a temperature is chosen on), then ``eval.extra_splits``
-    (the SR test sets, so each temperature's test scores are on record). Bits/dim is not what a sweep is for,
-    so extra splits take it over whole images rather than ``bpd_crops``."""
+    """What a sweep scores: the sweep split (the one a temperature is chosen on), then, unless
+    ``sweep.extra_splits`` is off, ``eval.extra_splits`` (the SR test sets, so each temperature's test scores are
+    on record). Bits/dim is not what a sweep is for, so extra splits take it over whole images rather than
+    ``bpd_crops``."""
     split = sweep_split(exp)
     out = {split: {"dataset": eval_dataset(exp), "split": split}}
+    if not exp.sweep.extra_splits:
+        return out
     for name, spec in eval_splits(exp).items():
         if name != exp.data.eval_split and name != split:
             out[name] = {k: v for k, v in spec.items() if k != "bpd_crops"}

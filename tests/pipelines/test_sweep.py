@@ -195,3 +195,21 @@ def test_a_sweep_entry_names_its_bad_keys():
         sweep_entry({"sweeps": {"a": "drive"}}, "a")
     with pytest.raises(ValueError, match=r"sweeps.a.select: expected a metric name"):
         sweep_entry({"sweeps": {"a": {"dataset": "drive", "select": 3}}}, "a")
+
+
+def test_sweep_extra_splits_off_scores_the_sweep_split_alone():
+    from pipelines.evaluation.sweep import sweep_splits
+    from pipelines.params import parse_params
+
+    exp = {"paper": "winkler2019", "task": "sr", "data": {"dataset": "sr_train", "eval_split": "valid"},
+           "model": {"family": "factorized"},
+           "eval": {"extra_splits": {"set5": {"dataset": "set5", "split": "test",
+                                              "bpd_crops": {"count": 10, "size": 16}}}}}
+    raw = {"profile": "cpu", "datasets": {"sr_train": {"source": "x"}, "set5": {"source": "y"}},
+           "experiments": {"sr": exp}}
+    both = parse_params(raw).experiment("sr")
+    splits = sweep_splits(both)
+    assert list(splits) == ["valid", "set5"] and splits["set5"]["dataset"] == "set5"
+    assert "bpd_crops" not in splits["set5"]  # whole-image bits/dim there
+    alone = parse_params(raw, ["experiments.sr.sweep.extra_splits=false"]).experiment("sr")
+    assert sweep_splits(alone) == {"valid": {"dataset": "sr_train", "split": "valid"}}
