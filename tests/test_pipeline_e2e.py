@@ -136,6 +136,7 @@ def test_dvc_repro_builds_every_table_then_is_a_noop(repo, tmp_path, s3_server, 
     assert "Running stage" not in again.stdout, again.stdout
     print(f"no-op dvc repro: {noop_s:.1f}s")
 
+
     # Share the results through an S3 remote and get them back in another clone.
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "pipeline results"], repo, env)
@@ -151,3 +152,14 @@ def test_dvc_repro_builds_every_table_then_is_a_noop(repo, tmp_path, s3_server, 
     assert "changed" not in status.stdout and "deleted" not in status.stdout, status.stdout
     for table in (repo / "tables").glob("*.csv"):
         assert (clone / "tables" / table.name).read_bytes() == table.read_bytes()
+
+    # One experiment changed, a swept one: only its own stages and the tables re-run, not the other evaluations.
+    import re
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert "drive_cnf" in params["sweeps"]
+    params["experiments"]["drive_cnf"]["train"]["steps"] = 5
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = run([dvc, "repro"], repo, env, timeout=900)
+    assert set(re.findall(r"Running stage '([^']+)'", changed.stdout)) == {
+        "train@drive_cnf", "sweep@drive_cnf", "evaluate@drive_cnf", "tables"}, changed.stdout
