@@ -84,6 +84,9 @@ class DataParams:
     pad_multiple: int = field(default=1, metadata=POSITIVE)  # pad H, W to a multiple (2**levels for a flow)
     num_workers: int = field(default=0, metadata=NON_NEGATIVE)  # loader processes per Ray worker
     options: dict = field(default_factory=dict)  # task options passed to make_loader (noise sigma, hole size...)
+    # The last N samples of train_split (shard order) are held out of training; train.select picks the exported
+    # checkpoint by their bits/dim (early stopping). 0: train on every sample.
+    holdout: int = field(default=0, metadata=NON_NEGATIVE)
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,9 @@ class TrainParams:
     # mean +/- std over 5 runs).
     seeds: int = field(default=1, metadata=POSITIVE)
     max_nonfinite: int = field(default=20, metadata=POSITIVE)  # consecutive skipped steps before giving up
+    # Model selection (early stopping): at every checkpoint (checkpoint_every) and at the end, the bits/dim of the
+    # data.holdout samples; the exported model is the checkpoint where it was lowest (ties: the earliest).
+    select: bool = False
 
 
 @dataclass(frozen=True)
@@ -561,6 +567,9 @@ def parse_params(raw: Mapping, overrides=(), experiment: str | None = None, sour
         if exp.data.eval_dataset is not None and exp.data.eval_dataset not in datasets:
             raise ParamsError(f"{path}.data.eval_dataset: {exp.data.eval_dataset!r} is not in datasets "
                               f"({', '.join(sorted(datasets))})")
+        if exp.train.select and not exp.data.holdout:
+            raise ParamsError(f"{path}.train.select: model selection needs held-out samples; set "
+                              f"{path}.data.holdout to how many of {exp.data.train_split!r} to hold out")
         if exp.train.batch_size % exp.scaling.num_workers:
             raise ParamsError(f"{path}.train.batch_size: {exp.train.batch_size} is not divisible by "
                               f"scaling.num_workers={exp.scaling.num_workers} (the global batch is split evenly)")

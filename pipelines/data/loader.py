@@ -6,7 +6,9 @@ ranks never share a sample in an epoch and never hang on unequal lengths:
     index, truncated to floor(n / world_size) so every rank runs the same number of samples;
   - evaluation: indices in order, rank r takes every world_size-th (nothing dropped, deterministic order);
   - within a rank, loader worker w takes every num_workers-th of the rank's indices.
-Each worker streams only the shards that hold its samples. Training order: shard order shuffled, then samples
+With ``holdout`` N > 0 the last N samples of the split (in shard order) are set aside: a training loader never
+reads them, and ``held_out=True`` reads exactly them (``train.select``'s model selection). Each worker streams
+only the shards that hold its samples. Training order: shard order shuffled, then samples
 shuffled within a shard (a shard-sized shuffle buffer). Per-sample randomness (augmentation, crops, noise) is
 seeded by (key, seed, epoch), so it does not depend on which rank or worker reads the sample.
 """
@@ -58,14 +60,27 @@ class ShardSamples(IterableDataset):
     """The samples of one split that this rank (and, inside it, this loader worker) reads, processed."""
 
     def __init__(self, dest: str, split: str, task: Task, *, train: bool, rank: int, world_size: int,
-                 seed: int, epoch: int, endless: bool = False, manifest: dict | None = None, **process_kw):
+                 seed: int, epoch: int, endless: bool = False, manifest: dict | None = None, holdout: int = 0,
+                 held_out: bool = False, **process_kw):
         self.dest, self.split, self.task, self.train = str(dest), split, task, train
         self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
         self.endless, self.process_kw = endless, process_kw
         self.manifest = manifest or shards.read_manifest(self.dest)
         self.shards = shards.shard_uris(self.dest, split, self.manifest)
         self.offsets = np.cumsum([0] + [count for _, count in self.shards])
-        self.indices = assign_indices(int(self.offsets[-1]), rank, world_size, seed, epoch, train)
+        total = int(self.offsets[-1])
+        holdout = int(holdout or 0)
+        if holdout < 0 or (holdout and holdout >= total):
+            raise ValueError(f"{self.dest}: holdout {holdout} must leave samples of split {split!r} "
+                             f"({total}) on both sides")
+        if held_out and not holdout:
+            raise ValueError(f"{self.dest}: held_out=True needs holdout > 0")
+        # The indices this loader draws from: [first, first + count) of the split.
+        self.first, self.count = (total - holdout, holdout) if held_out else (0, total - holdout)
+        self.indices = self._assign(epoch)
+
+    def _assign(self, epoch: int) -> np.ndarray:
+        return self.first + assign_indices(self.count, self.rank, self.world_size, self.seed, epoch, self.train)
 
     def __len__(self) -> int:
         """Samples per epoch for this rank."""
@@ -76,8 +91,7 @@ class ShardSamples(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         epoch = self.epoch
         while True:
-            indices = self.indices if epoch == self.epoch else assign_indices(
-                int(self.offsets[-1]), self.rank, self.world_size, self.seed, epoch, self.train)
+            indices = self.indices if epoch == self.epoch else self._assign(epoch)
             mine = np.sort(indices[worker::workers]) if not self.train else indices[worker::workers]
             if not len(mine):
                 return
@@ -140,7 +154,7 @@ def make_loader(dest: str, split: str, task: str, batch_size: int, train: bool, 
                 world_size: int = 1, num_workers: int = 0, seed: int = 0, epoch: int = 0,
                 patch: int | None = None, size: int | None = None, pad_multiple: int | None = None,
                 augment: bool | None = None, drop_last: bool | None = None, endless: bool = False,
-                manifest: dict | None = None, **options) -> DataLoader:
+                manifest: dict | None = None, holdout: int = 0, held_out: bool = False, **options) -> DataLoader:
     """A DataLoader over ``dest``'s ``split`` for ``task``, yielding {"x", "y", "mask", "key"} batches.
 
     ``options`` override the task's fields (``Task.with_options``: ``noise_sigma`` of denoise,
@@ -153,11 +167,12 @@ def make_loader(dest: str, split: str, task: str, batch_size: int, train: bool, 
     workers start once instead of once per epoch, which matters for small splits (DRIVE: 10 steps an epoch).
 
     ``manifest``: ``dest``'s manifest when the caller has read it already (else it is read here).
+    ``holdout``/``held_out``: the last ``holdout`` samples are left out, or (``held_out``) the only ones read.
     """
     spec = get_task(task).with_options(**options)
     dataset = ShardSamples(dest, split, spec, train=train, rank=rank, world_size=world_size, seed=seed,
-                           epoch=epoch, endless=endless, manifest=manifest, patch=patch, size=size,
-                           pad_multiple=pad_multiple, augment=augment)
+                           epoch=epoch, endless=endless, manifest=manifest, holdout=holdout, held_out=held_out,
+                           patch=patch, size=size, pad_multiple=pad_multiple, augment=augment)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
                         drop_last=train if drop_last is None else drop_last,
                         persistent_workers=False, multiprocessing_context="fork" if num_workers else None)

@@ -21,6 +21,9 @@ from torch import nn
 
 STATE_FILE = "train_state.pt"  # optimizer, step, RNG, counters (inside each Ray checkpoint folder)
 MODEL_FILE = "model.pt"  # flowlib checkpoint (save_checkpoint), loadable by flowlib.checkpoint.load_model
+# With train.select: the checkpoint with the lowest held-out bits/dim so far (a flowlib checkpoint too, with its
+# `step` and `select_bpd`); the driver exports it instead of MODEL_FILE.
+BEST_FILE = "best_model.pt"
 
 
 def rng_state() -> dict:
@@ -48,6 +51,8 @@ class TrainState:
     latest: dict | None = None
     model: dict | None = field(default=None, repr=False)  # state dicts, when read from a checkpoint
     optimizer: dict | None = field(default=None, repr=False)
+    best: dict | None = None  # train.select: {"step", "bpd"} of the best checkpoint so far
+    best_model: dict | None = field(default=None, repr=False)  # and its state dict
 
 
 STATE_KEYS = ("model", "optimizer", "step", "epoch")  # what every train_state.pt holds
@@ -76,9 +81,17 @@ def read_state(folder: str | Path) -> TrainState:
     if missing:
         raise CheckpointError(f"{path}: not a train state: lacks {', '.join(missing)} (expected a dict with "
                               f"{', '.join(STATE_KEYS)}, written by Checkpointer.write)")
+    best, best_model = raw.get("best"), None
+    if best:
+        best_path = Path(folder) / BEST_FILE
+        try:
+            best_model = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
+        except Exception as exc:  # noqa: BLE001 - missing, truncated or foreign: say which file
+            raise CheckpointError(f"{best_path}: the train state records a best checkpoint (step {best.get('step')}) "
+                                  f"but its weights do not read ({type(exc).__name__}: {exc})") from exc
     return TrainState(step=raw["step"], epoch=raw["epoch"], nonfinite_total=raw.get("nonfinite_total", 0),
                       nonfinite_run=raw.get("nonfinite_run", 0), rng=raw.get("rng"), latest=raw.get("latest"),
-                      model=raw["model"], optimizer=raw["optimizer"])
+                      model=raw["model"], optimizer=raw["optimizer"], best=best, best_model=best_model)
 
 
 def latest_state() -> TrainState | None:
@@ -138,10 +151,17 @@ class Checkpointer:
 
         folder = Path(folder)
         save_checkpoint(folder / MODEL_FILE, self.model, step=state.step, experiment=self.experiment)
+        if state.best is not None and state.best_model is not None:
+            import copy
+
+            best = copy.deepcopy(self.model)
+            best.load_state_dict(state.best_model)
+            save_checkpoint(folder / BEST_FILE, best, step=state.best["step"], select_bpd=state.best["bpd"],
+                            experiment=self.experiment)
         payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": state.step,
                    "epoch": state.epoch, "rng": rng_state(), "nonfinite_total": state.nonfinite_total,
                    "nonfinite_run": state.nonfinite_run,
-                   "world_size": self.world_size, "latest": state.latest}
+                   "world_size": self.world_size, "latest": state.latest, "best": state.best}
         with atomic_write(folder / STATE_FILE) as f:
             torch.save(payload, f)
 

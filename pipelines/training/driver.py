@@ -212,14 +212,16 @@ def export_results(result, job, task, run_id: str, paths: RunPaths, *, samples: 
     format registered as a version of ``registered_name`` (when given), and, unless ``samples`` is off, sample
     grids (``samples/*.png``) to the MLflow run. Returns the ``models:/<name>/<version>`` URI (or None)."""
     from pipelines import tracking
-    from pipelines.training.checkpointing import MODEL_FILE
+    from pipelines.training.checkpointing import BEST_FILE, MODEL_FILE
     from pipelines.training.grids import checkpoint_grids
 
     exp = job.experiment
     if result.checkpoint is None:
         raise RuntimeError(f"{exp.name}: training finished without a checkpoint in {paths.run_dir(exp.name)}")
     with result.checkpoint.as_directory() as folder:
-        copy_file(Path(folder) / MODEL_FILE, paths.model_out)
+        # train.select: the checkpoint with the lowest held-out bits/dim, else the last step's.
+        best = Path(folder) / BEST_FILE
+        copy_file(best if exp.train.select and best.is_file() else Path(folder) / MODEL_FILE, paths.model_out)
     with tempfile.TemporaryDirectory() as tmp:
         named = Path(tmp) / "checkpoint" / "model.pt"
         named.parent.mkdir()
@@ -238,7 +240,8 @@ def export_results(result, job, task, run_id: str, paths: RunPaths, *, samples: 
 def summarize(exp, params, metrics: Mapping[str, Any], *, run_id: str, dataset: Dataset, paths: RunPaths,
               t_start: float, t_fit: float, model_uri: str | None = None) -> tuple[dict, dict]:
     """``(scalars, info)`` of a finished fit from the workers' final report ``metrics`` (NaN written as null):
-    ``scalars`` (``METRIC_KEYS``) go to ``metrics_out``; ``info``, the run's bookkeeping and timings, to
+    ``scalars`` (``METRIC_KEYS``, and with ``train.select`` the exported checkpoint's ``selected_step`` and
+    ``select_bpd``) go to ``metrics_out``; ``info``, the run's bookkeeping and timings, to
     ``info_out``."""
     from pipelines import tracking
 
@@ -247,6 +250,8 @@ def summarize(exp, params, metrics: Mapping[str, Any], *, run_id: str, dataset: 
     scalars = {"steps": int(metrics.get("step", 0)), "final_train_nll": metrics.get("train_nll"),
                "final_train_bpd": metrics.get("train_bpd"), "samples_per_s": metrics.get("samples_per_s"),
                "nonfinite_skipped": int(metrics.get("nonfinite_skipped", 0))}
+    if exp.train.select and metrics.get("selected_step") is not None:  # the exported checkpoint's step
+        scalars.update(selected_step=int(metrics["selected_step"]), select_bpd=metrics.get("select_bpd"))
     info = {
         "experiment": exp.name, "profile": params.profile, "steps": scalars["steps"],
         "resumed_from_step": int(metrics.get("resumed_from_step", 0)), "num_workers": exp.scaling.num_workers,

@@ -135,7 +135,50 @@ def train_loader(exp: "ExperimentParams", data_dir: str, *, rank: int = 0, world
 
     return make_loader(data_dir, exp.data.train_split, exp.task, batch_size=exp.train.batch_size // world_size,
                        train=True, rank=rank, world_size=world_size, seed=exp.train.seed, epoch=epoch, endless=True,
-                       manifest=manifest, **loader_options(exp.data, train=True))
+                       manifest=manifest, holdout=exp.data.holdout, **loader_options(exp.data, train=True))
+
+
+def holdout_loader(exp: "ExperimentParams", data_dir: str, manifest: Mapping | None = None):
+    """The ``data.holdout`` samples of the training split, in order, prepared as for evaluation."""
+    from pipelines.data.loader import loader_options, make_loader
+
+    return make_loader(data_dir, exp.data.train_split, exp.task, batch_size=exp.eval.batch_size, train=False,
+                       seed=exp.train.seed, manifest=manifest, holdout=exp.data.holdout, held_out=True,
+                       **loader_options(exp.data, train=False))
+
+
+class Selector:
+    """Model selection on held-out samples (``train.select``): their bits/dim at each checkpoint, the best kept.
+
+    ``score`` is the mean over the held-out samples of ``-log p(y|x) / (D ln 2)``, with the same dequantization
+    noise at every call (a fixed seed, the training RNG untouched), so checkpoints are compared on equal terms.
+    ``best`` is ``{"step", "bpd"}`` of the lowest so far (ties: the earliest) and ``state`` its weights (CPU).
+    """
+
+    def __init__(self, loader, best: Mapping | None = None, state: Mapping | None = None):
+        self.batches = list(loader)
+        self.best = dict(best) if best else None
+        self.state = state
+
+    def score(self, model: nn.Module) -> float:
+        total, count = 0.0, 0
+        with torch.random.fork_rng(), torch.no_grad():
+            torch.manual_seed(0)
+            device = next(model.parameters()).device
+            for batch in self.batches:
+                y, x = _to_device(batch, device)
+                ll = model.log_likelihood(y, x)
+                total += float((-ll / (int(model.num_dims(y)) * LN2)).sum())
+                count += y.shape[0]
+        return total / count
+
+    def update(self, model: nn.Module, step: int) -> float:
+        """Score ``model`` at ``step``; keep it when it is the best so far. Returns the score."""
+        bpd = self.score(model)
+        if math.isfinite(bpd) and (self.best is None or bpd < self.best["bpd"]):
+            self.best = {"step": step, "bpd": bpd}
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        return bpd
 
 
 class TrainMeter:
@@ -256,15 +299,32 @@ def _log_step(job: TrainJob, meter: TrainMeter, step: int, lr: float, logged_unt
             "nonfinite_consecutive": meter.nonfinite_run}, step=step)
 
 
+def _select(job: TrainJob, selector: "Selector | None", model: nn.Module, step: int) -> None:
+    """Rank 0 with ``train.select``: score the held-out samples at ``step``, keep the best, log ``select_bpd``."""
+    if selector is None:
+        return
+    bpd = selector.update(model, step)
+    print(f"[{job.experiment.name}] step {step}: held-out bpd {bpd:.4f} (best {selector.best['bpd']:.4f} at step "
+          f"{selector.best['step']})", flush=True)
+    if job.mlflow_run_id:
+        from pipelines import tracking
+
+        tracking.log_metrics(job.mlflow_run_id, {"select_bpd": bpd}, step=step)
+
+
 def _report(checkpointer: Checkpointer, meter: TrainMeter, start: TrainState, step: int, epoch: int, *,
-            final: bool) -> None:
+            final: bool, selector: "Selector | None" = None) -> None:
     """The metrics every rank reports at ``step`` and the checkpoint rank 0 attaches (``Checkpointer.report``)."""
     latest = meter.latest(start.latest)
     metrics = {"step": step, "epoch": epoch, "resumed_from_step": start.step, **latest,
                "nonfinite_skipped": meter.nonfinite_total, "first_step_unix": meter.first_step_unix or 0.0,
                "final": final}
+    best = selector.best if selector is not None else start.best
+    if best:
+        metrics.update(selected_step=best["step"], select_bpd=best["bpd"])
     state = TrainState(step=step, epoch=epoch, nonfinite_total=meter.nonfinite_total,
-                       nonfinite_run=meter.nonfinite_run, latest=latest)
+                       nonfinite_run=meter.nonfinite_run, latest=latest, best=best,
+                       best_model=selector.state if selector is not None else start.best_model)
     checkpointer.report(metrics, state, final=final)
 
 
@@ -363,6 +423,8 @@ def train_loop_per_worker(config: dict) -> dict:
             checkpointer.restore(state)
         meter = TrainMeter(exp.name, world_size=world_size, max_nonfinite=train.max_nonfinite,
                            nonfinite_total=start.nonfinite_total, nonfinite_run=start.nonfinite_run)
+        selector = (Selector(holdout_loader(exp, job.data_dir, job.manifest), start.best, start.best_model)
+                    if train.select and rank == 0 else None)
 
         while step < train.steps:
             if job.crash is not None:
@@ -378,12 +440,15 @@ def train_loop_per_worker(config: dict) -> dict:
             if rank == 0 and (step % train.log_every == 0 or step == train.steps):
                 _log_step(job, meter, step, lr, logged_until)
             if step < train.steps and step % train.checkpoint_every == 0:
-                _report(checkpointer, meter, start, step, epoch, final=False)
+                _select(job, selector, model, step)
+                _report(checkpointer, meter, start, step, epoch, final=False, selector=selector)
             if step < train.steps:
                 epoch, batch = next(stream)
     except FatalTrainingError as exc:
         if rank == 0:
             print(f"[{exp.name}] {exc}", flush=True)
         return fatal_result(exc, step)
-    _report(checkpointer, meter, start, step, epoch, final=True)
+    if selector is not None and (selector.best is None or selector.best["step"] != step):
+        _select(job, selector, model, step)
+    _report(checkpointer, meter, start, step, epoch, final=True, selector=selector)
     return {"step": step, "resumed_from_step": start.step}

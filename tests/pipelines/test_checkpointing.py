@@ -10,8 +10,8 @@ import torch
 
 from flowlib.checkpoint import load_model
 from flowlib.models import build_model
-from pipelines.training.checkpointing import (MODEL_FILE, STATE_FILE, CheckpointError, Checkpointer, TrainState,
-                                              read_state, set_rng_state)
+from pipelines.training.checkpointing import (BEST_FILE, MODEL_FILE, STATE_FILE, CheckpointError, Checkpointer,
+                                              TrainState, read_state, set_rng_state)
 
 
 def tiny():
@@ -99,3 +99,22 @@ def test_a_damaged_train_state_names_the_file_and_what_was_expected(tmp_path):
     Checkpointer(model, opt, experiment="e").write(tmp_path, TrainState(step=3))
     with pytest.raises(CheckpointError, match="e: the checkpoint of step 3 does not fit the model"):
         Checkpointer(other, other_opt, experiment="e").restore(read_state(tmp_path))
+
+
+def test_the_best_checkpoint_of_model_selection_travels_with_every_checkpoint(tmp_path):
+    model, opt = tiny()
+    best_weights = {k: v.clone() + 1.0 if v.is_floating_point() else v.clone() for k, v in model.state_dict().items()}
+    state = TrainState(step=30, epoch=3, best={"step": 20, "bpd": 0.5}, best_model=best_weights)
+    Checkpointer(model, opt, experiment="e").write(tmp_path, state)
+    assert {p.name for p in tmp_path.iterdir()} == {MODEL_FILE, STATE_FILE, BEST_FILE}
+    read = read_state(tmp_path)
+    assert read.best == {"step": 20, "bpd": 0.5}
+    for key, value in best_weights.items():
+        assert torch.equal(read.best_model[key], value), key
+    best = torch.load(tmp_path / BEST_FILE, weights_only=False)
+    assert (best["step"], best["select_bpd"], best["experiment"]) == (20, 0.5, "e")
+    assert torch.equal(next(iter(load_model(tmp_path / BEST_FILE).state_dict().values())),
+                       next(iter(best_weights.values())))
+    (tmp_path / BEST_FILE).write_bytes(b"truncated")
+    with pytest.raises(CheckpointError, match=f"{BEST_FILE}: the train state records a best checkpoint"):
+        read_state(tmp_path)

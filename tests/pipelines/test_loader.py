@@ -125,3 +125,23 @@ def test_training_patches_are_not_padded_past_their_size(demo_root):
     assert odd["pad_multiple"] == 8
     batch = next(iter(make_loader(str(demo_root / "drive"), "train", "vessel", 2, train=True, **odd)))
     assert batch["y"].shape == (2, 1, 32, 32) and batch["mask"][:, :, 30:].sum() == 0
+
+
+def test_holdout_sets_the_last_samples_aside_from_training_and_reads_them_alone(demo_root):
+    dest = str(demo_root / "imagenet32")  # 64 train samples in 7 shards
+    every = _keys(make_loader(dest, "train", "sr", batch_size=1, train=False))
+    held = _keys(make_loader(dest, "train", "sr", batch_size=1, train=False, holdout=5, held_out=True))
+    assert held == every[-5:]
+    for epoch in (0, 3):
+        fit = [_keys(make_loader(dest, "train", "sr", batch_size=1, train=True, rank=r, world_size=2,
+                                 num_workers=2, seed=1, epoch=epoch, holdout=5)) for r in range(2)]
+        seen = set(fit[0]) | set(fit[1])
+        assert not seen & set(held) and len(fit[0]) == len(fit[1]) == 29  # 59 left, equal per rank
+        assert seen <= set(every[:-5])
+    endless = make_loader(dest, "train", "sr", batch_size=4, train=True, endless=True, holdout=5)
+    drawn = {k for _, batch in zip(range(40), endless) for k in batch["key"]}
+    assert not drawn & set(held) and len(drawn) == 59  # later epochs keep it out too
+    with pytest.raises(ValueError, match="holdout 64 must leave samples"):
+        make_loader(dest, "train", "sr", batch_size=1, train=True, holdout=64)
+    with pytest.raises(ValueError, match="held_out=True needs holdout"):
+        make_loader(dest, "train", "sr", batch_size=1, train=False, held_out=True)

@@ -250,3 +250,13 @@ def test_scaling_configures_layout_and_precision_without_touching_the_state_dict
     exp = parse_params(minimal(), ["scaling.channels_last=true", "scaling.mixed_precision=true"], "drive_cnf") \
         .experiment("drive_cnf")
     assert exp.scaling.channels_last and exp.scaling.mixed_precision
+
+
+def test_model_selection_needs_held_out_samples():
+    with pytest.raises(ParamsError, match=r"experiments\.drive_cnf\.train\.select: .*data\.holdout"):
+        parse_params(minimal(), ["experiments.drive_cnf.train.select=true"])
+    exp = parse_params(minimal(), ["experiments.drive_cnf.train.select=true", "experiments.drive_cnf.data.holdout=2"],
+                       "drive_cnf").experiment("drive_cnf")
+    assert exp.train.select and exp.data.holdout == 2
+    with pytest.raises(ParamsError, match="holdout"):
+        parse_params(minimal(), ["experiments.drive_cnf.data.holdout=-1"])

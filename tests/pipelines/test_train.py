@@ -355,3 +355,23 @@ def test_sigterm_stops_training_with_exit_130_and_the_mlflow_run_killed(tmp_path
     assert client(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id).info.status == "KILLED"
     left = [p for p in children if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert not left, [psutil.Process(p).cmdline()[:3] for p in left]
+
+
+@pytest.mark.slow
+def test_model_selection_exports_the_checkpoint_with_the_lowest_held_out_bits_per_dim(tmp_path, shards):
+    """train.select with data.holdout: every checkpoint (and the end) scores the held-out images; the exported
+    model is the best of them, recorded in the metrics and in MLflow, and equal to that step's weights."""
+    import torch
+
+    from flowlib.checkpoint import load_checkpoint
+
+    metrics, out = cnf_train(tmp_path, shards, "train.steps=6", "train.checkpoint_every=2", "train.select=true",
+                             "data.holdout=2", "train.lr=0.05")
+    history = {m.step: m.value for m in client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+               .get_metric_history(metrics["mlflow_run_id"], "select_bpd")}
+    assert sorted(history) == [2, 4, 6]
+    best_step = min(history, key=lambda s: (history[s], s))
+    assert metrics["selected_step"] == best_step and metrics["select_bpd"] == pytest.approx(history[best_step])
+    exported = load_checkpoint(tmp_path / "models" / f"{EXP}.pt")
+    assert exported["step"] == best_step and exported["select_bpd"] == pytest.approx(history[best_step])
+    assert "held-out bpd" in out

@@ -269,3 +269,39 @@ def test_build_for_batch_initialises_in_float32_then_applies_the_scaling_setting
     assert any(is_channels_last(p) for p in models[1].parameters())
     for (key, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
         assert torch.equal(a, b), key  # ActNorm's data-dependent initialisation ran in full precision
+
+
+def test_selector_scores_with_fixed_noise_keeps_the_lowest_and_leaves_the_training_rng_alone():
+    from pipelines.training.worker import Selector
+
+    torch.manual_seed(0)
+    y, x = (torch.rand(6, 1, 8, 8) > 0.7).float(), torch.rand(6, 3, 8, 8)
+    from flowlib.models import build_model
+
+    model = build_model("cnf", "binary", (1, 8, 8), (3, 8, 8), levels=1, steps=1, hidden=4, encoder="vgg",
+                        encoder_options={"width": 2}, dequantization="binary")
+    with torch.no_grad():
+        model.nll(y, x)
+    batches = [{"y": y[:4], "x": x[:4]}, {"y": y[4:], "x": x[4:]}]
+    selector = Selector(batches)
+    torch.manual_seed(5)
+    before = torch.rand(1)
+    torch.manual_seed(5)
+    first = selector.update(model, 10)
+    assert torch.equal(torch.rand(1), before)  # the training RNG stream is untouched
+    assert selector.score(model) == first  # the same dequantization noise every time
+    torch.manual_seed(0)
+    with torch.no_grad():
+        ll = torch.cat([model.log_likelihood(b["y"], b["x"]) for b in batches])
+    assert first == pytest.approx(float((-ll / (64 * math.log(2))).mean()), rel=1e-6)
+    assert selector.best == {"step": 10, "bpd": first}
+    assert selector.update(model, 15) == first and selector.best["step"] == 10  # a tie keeps the earlier one
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    worse = selector.update(model, 20)
+    if worse >= first:
+        assert selector.best["step"] == 10
+        assert not all(torch.equal(a, b) for a, b in zip(selector.state.values(), model.state_dict().values()))
+    else:
+        assert selector.best == {"step": 20, "bpd": worse}
