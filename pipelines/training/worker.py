@@ -142,7 +142,7 @@ def holdout_loader(exp: "ExperimentParams", data_dir: str, manifest: Mapping | N
     """The ``data.holdout`` samples of the training split, in order, prepared as for evaluation."""
     from pipelines.data.loader import loader_options, make_loader
 
-    return make_loader(data_dir, exp.data.train_split, exp.task, batch_size=exp.eval.batch_size, train=False,
+    return make_loader(data_dir, exp.data.train_split, exp.task, batch_size=exp.train.batch_size, train=False,
                        seed=exp.train.seed, manifest=manifest, holdout=exp.data.holdout, held_out=True,
                        **loader_options(exp.data, train=False))
 
