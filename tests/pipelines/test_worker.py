@@ -272,12 +272,11 @@ def test_build_for_batch_initialises_in_float32_then_applies_the_scaling_setting
 
 
 def test_selector_scores_with_fixed_noise_keeps_the_lowest_and_leaves_the_training_rng_alone():
+    from flowlib.models import build_model
     from pipelines.training.worker import Selector
 
     torch.manual_seed(0)
     y, x = (torch.rand(6, 1, 8, 8) > 0.7).float(), torch.rand(6, 3, 8, 8)
-    from flowlib.models import build_model
-
     model = build_model("cnf", "binary", (1, 8, 8), (3, 8, 8), levels=1, steps=1, hidden=4, encoder="vgg",
                         encoder_options={"width": 2}, dequantization="binary")
     with torch.no_grad():
