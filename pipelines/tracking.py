@@ -171,7 +171,8 @@ def check_store(uri: str | None = None) -> None:
 
     An HTTP server must answer ``/health`` within ``CONNECT_TIMEOUT_S`` (and later requests retry a few times, not
     for minutes: ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``/``_TIMEOUT`` default to 2 and 30 s unless set); an
-    existing SQLite file must be a readable SQLite database. Raises ``TrackingError``.
+    existing SQLite file must be a readable SQLite database (a transaction a killed writer left half done is
+    rolled back, as SQLite does on any read-write open). Raises ``TrackingError``.
     """
     uri = uri or tracking_uri()
     if uri in _checked:
@@ -184,7 +185,10 @@ def check_store(uri: str | None = None) -> None:
                     with open(path, "rb") as f:
                         if f.read(16) != b"SQLite format 3\x00":
                             raise sqlite3.DatabaseError("file is not a database")
-                with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+                # Read-write, never creating: a writer killed mid-transaction (SIGKILL, a lost node) leaves a hot
+                # journal that the first connection must roll back; a read-only one cannot and would report
+                # "attempt to write a readonly database" for a store that is fine.
+                with contextlib.closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=30)) as db:
                     db.execute("PRAGMA quick_check").fetchall()
             except (sqlite3.Error, OSError) as exc:
                 raise TrackingError(f"MLflow store {path} is unreadable ({exc}): move it aside (a new store is "

@@ -195,3 +195,51 @@ def test_processes_creating_one_sqlite_store_at_once_do_not_race_on_its_schema(t
     from mlflow import MlflowClient
 
     assert len(MlflowClient(tracking_uri=uri).search_experiments()) == 5  # Default + one per process
+
+
+_KILLED_WRITER = """
+import os, signal, sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA journal_mode=DELETE")
+db.execute("CREATE TABLE t (v TEXT)")
+db.execute("INSERT INTO t VALUES ('kept')")
+db.execute("PRAGMA cache_size=1")  # spill changed pages into the file mid-transaction: the journal goes hot
+db.execute("BEGIN IMMEDIATE")
+db.executemany("INSERT INTO t VALUES (?)", [("x" * 500,)] * 400)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_store_whose_writer_was_killed_mid_transaction_is_rolled_back_not_called_unreadable(tmp_path, monkeypatch):
+    """A driver SIGKILLed while MLflow wrote leaves a hot journal; the store is fine once it is rolled back (CI
+    saw the resume test fail on it: a read-only check cannot roll back and called the store unreadable)."""
+    import sqlite3
+    import sys
+
+    from mlflow import MlflowClient
+
+    path = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{path}"
+    monkeypatch.setattr(tracking, "_checked", set())
+    tracking.check_store(uri)  # creates the MLflow schema
+    MlflowClient(tracking_uri=uri).create_experiment("before-the-kill")
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(path)])
+    assert proc.returncode == -signal.SIGKILL
+    assert (tmp_path / "mlflow.db-journal").stat().st_size > 0  # the hot journal this test is about
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):  # what the old read-only check saw
+        sqlite3.connect(f"file:{path}?mode=ro", uri=True).execute("PRAGMA quick_check").fetchall()
+
+    monkeypatch.setattr(tracking, "_checked", set())  # a new process
+    tracking.check_store(uri)
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT v FROM t").fetchall() == [("kept",)]  # the half-done transaction is gone
+    db.close()
+    assert MlflowClient(tracking_uri=uri).get_experiment_by_name("before-the-kill") is not None
+
+
+def test_a_file_that_is_not_sqlite_is_refused_with_its_path(tmp_path, monkeypatch):
+    path = tmp_path / "mlflow.db"
+    path.write_bytes(b"not a database at all, just text" * 4)
+    monkeypatch.setattr(tracking, "_checked", set())
+    with pytest.raises(tracking.TrackingError, match="unreadable.*move it aside"):
+        tracking.check_store(f"sqlite:///{path}")
