@@ -7,7 +7,8 @@ params.yaml), dataset or training code must start over, or the stage would repor
 code and data never produced. Three fingerprints decide it:
 
 - ``config_fingerprint``: the experiment without what cannot change the checkpoints (evaluation, sweep,
-  scaling, labels, and the step counts and logging intervals of ``train``), plus the data fingerprint;
+  scaling, labels, the step counts and logging intervals of ``train``, the loader's cache size), plus the data
+  fingerprint;
 - ``data_fingerprint``: the manifest's dataset and splits (every shard's sha256 and count), not where the
   release was fetched from;
 - ``code_fingerprint``: the ``*.py`` files of ``TRAINING_CODE``.
@@ -42,6 +43,7 @@ TRAINING_CODE = ("flowlib", "pipelines/data", "pipelines/tasks", "pipelines/trai
 # Experiment sections and train keys that do not change what the checkpoints hold.
 NOT_IN_CHECKPOINT = ("eval", "sweep", "scaling", "description", "table")
 TRAIN_NOT_IN_CHECKPOINT = ("steps", "checkpoint_every", "log_every", "max_nonfinite")
+DATA_NOT_IN_CHECKPOINT = ("cache_mb",)  # the loader's decoded-sample cache: same batches with or without
 
 
 def _sha256_json(payload: Any) -> str:
@@ -79,7 +81,8 @@ def config_fingerprint(experiment: Mapping[str, Any], data_sha: str) -> str:
     shape the checkpoints, with the data fingerprint ``data_sha``."""
     key = {k: v for k, v in experiment.items() if k not in NOT_IN_CHECKPOINT}
     key["train"] = {k: v for k, v in experiment["train"].items() if k not in TRAIN_NOT_IN_CHECKPOINT}
-    key["data"] = {**experiment["data"], "content_sha256": data_sha}
+    key["data"] = {**{k: v for k, v in experiment["data"].items() if k not in DATA_NOT_IN_CHECKPOINT},
+                   "content_sha256": data_sha}
     return _sha256_json(key)
 
 

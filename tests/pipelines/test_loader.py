@@ -145,3 +145,57 @@ def test_holdout_sets_the_last_samples_aside_from_training_and_reads_them_alone(
         make_loader(dest, "train", "sr", batch_size=1, train=True, holdout=64)
     with pytest.raises(ValueError, match="held_out=True needs holdout"):
         make_loader(dest, "train", "sr", batch_size=1, train=False, held_out=True)
+
+
+# Every task, as the demo profile trains it: (dataset, task, loader options).
+CACHED_TASKS = [("drive", "vessel", {"patch": 16}), ("imagenet32", "sr", {"size": 16, "flip": True}),
+                ("horses", "horses", {"size": 16, "flip": True}), ("lfw_parts", "parts", {"size": 16}),
+                ("bsds500", "denoise", {"size": 16}), ("sevenscenes", "depth", {"size": 16}),
+                ("celeba", "inpaint", {"size": 16})]
+
+
+@pytest.mark.parametrize("dataset,task,options", CACHED_TASKS, ids=[t for _, t, _ in CACHED_TASKS])
+def test_decoded_sample_cache_serves_later_epochs_with_the_same_batches(tmp_path_factory, dataset, task, options):
+    """The cache skips reading and decoding (the shards are gone and later epochs still load), its arrays are
+    read-only (a task that wrote into one would fail here), and every batch equals the uncached loader's."""
+    import shutil
+
+    root = tmp_path_factory.mktemp(f"cache-{task}")
+    fetch.fetch(dataset, "demo", str(root / dataset))
+    dest = str(root / dataset)
+    kw = dict(train=True, endless=True, seed=3, **options)
+    plain = make_loader(dest, "train", task, 2, **kw)
+    cached = make_loader(dest, "train", task, 2, cache_mb=256, **kw)
+    per_epoch = cached.steps_per_epoch
+    a, b = iter(plain), iter(cached)
+    first = [(next(a), next(b)) for _ in range(per_epoch + 1)]  # one epoch read and decoded, then the cache
+    assert len(cached.dataset.cache.samples) == len(cached.dataset)
+    for shard in (root / dataset).glob("**/*.tar"):
+        shutil.move(shard, shard.with_suffix(".gone"))  # later epochs of the cached loader need no shard
+    with pytest.raises(Exception):
+        for _ in range(2 * per_epoch):
+            next(a)
+    b_later = [next(b) for _ in range(2 * per_epoch)]
+    for shard in (root / dataset).glob("**/*.gone"):
+        shutil.move(shard, shard.with_suffix(".tar"))
+    again = iter(make_loader(dest, "train", task, 2, **kw))
+    reference = [next(again) for _ in range(3 * per_epoch + 1)]
+    for want, got in zip(reference, [x for _, x in first] + b_later, strict=True):
+        assert want["key"] == got["key"] and want["epoch"] == got["epoch"]
+        for name in want:
+            if isinstance(want[name], torch.Tensor):
+                assert torch.equal(want[name], got[name]), (name, want["key"])
+    assert all(torch.equal(p["y"], c["y"]) for p, c in first)
+
+
+def test_cache_holds_no_more_than_its_limit_and_evaluation_never_caches(demo_root):
+    dest = str(demo_root / "imagenet32")  # 64 samples of one size
+    full = make_loader(dest, "train", "sr", 4, train=True, cache_mb=64, seed=0)
+    _keys(full)
+    each = full.dataset.cache.bytes / len(full.dataset.cache.samples)
+    small = make_loader(dest, "train", "sr", 4, train=True, cache_mb=10.5 * each / 2**20, seed=0)
+    _keys(small)
+    assert len(small.dataset.cache.samples) == 10 and small.dataset.cache.bytes <= small.dataset.cache.limit
+    assert make_loader(dest, "valid", "sr", 4, train=False, cache_mb=64).dataset.cache is None
+    with pytest.raises(ValueError, match="cache_mb -1 must be >= 0"):
+        make_loader(dest, "train", "sr", 4, train=True, cache_mb=-1)
