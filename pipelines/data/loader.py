@@ -240,10 +240,9 @@ def loader_options(data, *, train: bool) -> dict:
     """The ``make_loader`` keywords that an experiment's data section sets: the one place they are derived.
 
     ``data`` is a ``pipelines.params.DataParams`` (or its ``to_dict()`` form). Training reads random
-    ``patch`` crops, loader processes and the decoded-sample cache; evaluation reads whole images in order, in
-    this process. Both
-    apply the same resize (``size``), padding (``pad_multiple``; a training patch only to
-    ``min(pad_multiple, patch)``) and task options (noise sigma, block size...).
+    ``patch`` crops, with loader processes and the decoded-sample cache; evaluation reads whole images in
+    order, in this process. Both apply the same resize (``size``), padding (``pad_multiple``; a training patch
+    only to ``min(pad_multiple, patch)``) and task options (noise sigma, block size...).
     """
     d = dataclasses.asdict(data) if dataclasses.is_dataclass(data) else dict(data)
     out = {"pad_multiple": d.get("pad_multiple") or 1, **(d.get("options") or {})}
