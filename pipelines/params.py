@@ -177,8 +177,9 @@ class ScalingParams:
     num_workers: int = field(default=1, metadata=POSITIVE)
     use_gpu: bool = False
     # bfloat16 networks (coupling subnets, encoder, prior nets), float32 bijections: flowlib.mixed_precision.
-    # CPU or GPU; on a CPU without AVX512-BF16 or AMX bfloat16 is emulated (slower; training warns).
-    mixed_precision: bool = False
+    # true: always (on a CPU without AVX512-BF16 or AMX bfloat16 is emulated, several times slower: training
+    # warns); "auto": where the device computes bfloat16 natively (flowlib.bfloat16_is_native), else float32.
+    mixed_precision: Literal[False, True, "auto"] = False
     channels_last: bool = False  # NHWC execution (flowlib.channels_last): faster convolutions on CPU and GPU
     # torch.compile of the training objective (flowlib.compile_model: inductor, falls back to eager with a warning
     # on any compiler failure); the first step compiles (tens of seconds). Training only: evaluation runs eager.
@@ -187,27 +188,37 @@ class ScalingParams:
     gpus_per_worker: Optional[float] = field(default=None, metadata=POSITIVE)
     max_failures: int = field(default=2, metadata={"check": "min-1"})  # FailureConfig; -1 = retry forever
 
+    def use_mixed_precision(self, model) -> bool:
+        """Whether :meth:`configure` runs ``model``'s networks in bfloat16 (``mixed_precision`` resolved for the
+        device ``model``'s parameters are on: ``"auto"`` asks :func:`flowlib.bfloat16_is_native`)."""
+        import warnings
+
+        import flowlib
+
+        if self.mixed_precision is False:
+            return False
+        device = next(model.parameters()).device
+        native = flowlib.bfloat16_is_native(device)
+        if self.mixed_precision == "auto":
+            return native
+        if device.type == "cpu" and not native:
+            warnings.warn("scaling.mixed_precision: this CPU has neither AVX512-BF16 nor AMX, so bfloat16 is "
+                          "emulated and slower than float32 (set scaling.mixed_precision to false or \"auto\")",
+                          RuntimeWarning)
+        return True
+
     def configure(self, model):
         """``model`` set up to run as these settings say (layout, precision), in place; returns it.
 
         Training, evaluation and sweeps all run a model through this, so a model is evaluated as it was
-        trained. Neither setting changes the ``state_dict``: checkpoints load under any settings.
+        trained (with ``mixed_precision: "auto"``: in the precision the evaluating machine picks). Neither
+        setting changes the ``state_dict``: checkpoints load under any settings.
         """
-        import warnings
-
-        import torch
-
         import flowlib
 
         if self.channels_last:
             flowlib.channels_last(model)
-        if self.mixed_precision:
-            on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-            native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)() or getattr(
-                torch.cpu, "_is_amx_tile_supported", lambda: False)()
-            if on_cpu and not native:
-                warnings.warn("scaling.mixed_precision: this CPU has neither AVX512-BF16 nor AMX, so bfloat16 is "
-                              "emulated and slower than float32 (set scaling.mixed_precision=false)", RuntimeWarning)
+        if self.use_mixed_precision(model):
             flowlib.mixed_precision(model, "bfloat16")
         return model
 
@@ -318,7 +329,8 @@ def _convert(tp, value, path: str, check: str | None = None):
         inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
         return _convert(inner, value, path, check)
     if origin is Literal:
-        if value not in typing.get_args(tp):
+        # `1 == True` in Python: a boolean choice matches booleans only, and a number no boolean
+        if not any(value == a and isinstance(value, bool) == isinstance(a, bool) for a in typing.get_args(tp)):
             raise _fail(path, f"expected {_describe(tp)}, got {value!r}")
         return value
     if dataclasses.is_dataclass(tp):

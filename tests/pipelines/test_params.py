@@ -252,6 +252,45 @@ def test_scaling_configures_layout_and_precision_without_touching_the_state_dict
     assert exp.scaling.channels_last and exp.scaling.mixed_precision
 
 
+def test_mixed_precision_auto_follows_the_device(monkeypatch):
+    """``"auto"``: bfloat16 exactly where flowlib.bfloat16_is_native says the device computes it natively."""
+    import torch
+
+    import flowlib
+    from flowlib.precision import compute_dtype
+    from pipelines.params import ScalingParams
+
+    def model():
+        return flowlib.build_model("cnf", "binary", (1, 8, 8), (3, 8, 8), levels=1, steps=1, hidden=8, encoder="vgg",
+                           coupling="additive")
+
+    auto = parse_params(minimal(), ["scaling.mixed_precision=auto"], "drive_cnf").experiment("drive_cnf").scaling
+    assert auto.mixed_precision == "auto"
+    for native in (True, False):
+        monkeypatch.setattr(flowlib, "bfloat16_is_native", lambda device, native=native: native)
+        assert auto.use_mixed_precision(model()) is native
+        assert compute_dtype(auto.configure(model())) == (torch.bfloat16 if native else None)
+        forced = ScalingParams(mixed_precision=True)
+        if native:
+            assert forced.use_mixed_precision(model())
+        else:
+            with pytest.warns(RuntimeWarning, match="emulated"):
+                assert forced.use_mixed_precision(model())
+    assert ScalingParams(mixed_precision=False).use_mixed_precision(model()) is False
+
+
+@pytest.mark.parametrize("value", ["fast", 1, 0, "yes"])
+def test_mixed_precision_refuses_anything_but_a_boolean_or_auto(value):
+    with pytest.raises(ParamsError, match=r"scaling\.mixed_precision: expected one of False, True, 'auto'"):
+        _parse_scaling(value)
+
+
+def _parse_scaling(value):
+    raw = minimal()
+    raw["defaults"].setdefault("scaling", {})["mixed_precision"] = value
+    return parse_params(raw, [], "drive_cnf")
+
+
 def test_model_selection_needs_held_out_samples():
     with pytest.raises(ParamsError, match=r"experiments\.drive_cnf\.train\.select: .*data\.holdout"):
         parse_params(minimal(), ["experiments.drive_cnf.train.select=true"])
