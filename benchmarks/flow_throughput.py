@@ -517,7 +517,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), choices=list(CONFIGS))
     p.add_argument("--impls", nargs="+", default=None,
-                   help="subset of ours ours-cl ours-mixed ours-compiled ours-before normflows freia (default: all that apply)")
+                   help="subset of ours ours-cl ours-mixed ours-compiled ours-before normflows freia (default: all "
+                        "that apply; ours-mixed only on a CPU with native bfloat16)")
     p.add_argument("--rounds", type=int, default=8, help="timed round-robin rounds (median reported)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--before", metavar="REV", help="also time flowlib as of this git revision (ours-before)")
@@ -531,7 +532,12 @@ def main(argv=None) -> int:
     if args.one:
         print(json.dumps(measure_memory(args.one[0], args.one[1], 3, args.threads, args.before)))
         return 0
-    impls = args.impls or (["ours", "ours-cl", "ours-mixed"] + ([] if args.no_compile else ["ours-compiled"])
+    import flowlib
+    # ours-mixed only where bfloat16 is native: emulated (an AVX2 CPU) it is ~10x slower and says nothing
+    mixed = ["ours-mixed"] if flowlib.bfloat16_is_native("cpu") else []
+    if not args.impls and not mixed:
+        print("  ours-mixed left out: this CPU has neither AVX512-BF16 nor AMX", file=sys.stderr)
+    impls = args.impls or (["ours", "ours-cl"] + mixed + ([] if args.no_compile else ["ours-compiled"])
                            + (["ours-before"] if args.before else []) + list(PEERS))
     if "ours-before" in impls and not args.before:
         raise SystemExit("--impls ours-before needs --before REV")
