@@ -242,7 +242,12 @@ class StructuredModel(nn.Module):
 
         ``mean``: the per-pixel sample mean (binary: frequency of 1, i.e. the probability map; categorical:
         per-class frequencies ``(B, K, H, W)``); ``prediction``: rounded / argmax / the mean itself; ``std``:
-        the per-pixel sample standard deviation (categorical: per class).
+        the per-pixel sample standard deviation (categorical: per class); ``draws``: ``(B,)`` how many of the
+        ``n_samples`` draws of each image the mean is over.
+
+        A draw with any non-finite value (the inverse of a contracting coupling, ``u_2 = v_2 / s``, can overflow
+        float32 for a ``z`` in the tails of the prior) is left out of its image's mean and std rather than
+        turning them into NaN; ``draws`` says how many remained (0: every draw overflowed, ``mean`` is NaN).
 
         The ``n_samples`` draws are batched: each pass decodes as many samples of the whole batch as fit in
         ``max_batch_elements`` elements of ``y`` (at least one sample per pass), so memory stays bounded and
@@ -255,16 +260,23 @@ class StructuredModel(nn.Module):
             raise ValueError(f"predict: max_batch_elements must be >= 1, got {max_batch_elements}")
         n, b = int(n_samples), x.shape[0]
         total = total_sq = None
+        draws = torch.zeros(b, dtype=torch.long, device=x.device)
         for k, s in self._sample_passes(x, n, temperature, int(max_batch_elements)):
-            if self.target == "categorical":
-                s = F.one_hot(s[:, 0].long(), self.num_classes).permute(0, 3, 1, 2).to(x.dtype)
             s = s.reshape(k, b, *s.shape[1:])  # pass-major: draw j of the pass is rows j*B .. (j+1)*B - 1
+            finite = torch.isfinite(s).flatten(2).all(2)  # (k, B): draws without overflow
+            s = torch.where(finite.view(k, b, *[1] * (s.dim() - 2)), s, torch.zeros((), dtype=s.dtype,
+                                                                                     device=s.device))
+            if self.target == "categorical":
+                s = F.one_hot(s[:, :, 0].long(), self.num_classes).permute(0, 1, 4, 2, 3).to(x.dtype)
+                s = s * finite.view(k, b, 1, 1, 1).to(s.dtype)
+            draws += finite.sum(0)
             part, part_sq = s.sum(0), (s * s).sum(0)
             total = part if total is None else total + part
             total_sq = part_sq if total_sq is None else total_sq + part_sq
-        mean = total / n
-        std = (total_sq / n - mean * mean).clamp_min(0).sqrt()
-        return self._summarise(mean, std)
+        count = draws.to(total.dtype).view(b, *[1] * (total.dim() - 1))
+        mean = total / count
+        std = (total_sq / count - mean * mean).clamp_min(0).sqrt()
+        return {**self._summarise(mean, std), "draws": draws}
 
     def _sample_passes(self, x: Tensor, n: int, temperature: float, max_elements: int):
         """Yield ``(k, samples)``: ``n`` draws in passes of ``k``, ``samples`` of shape ``(k B, ...)``.

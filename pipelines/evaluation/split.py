@@ -175,7 +175,7 @@ def evaluate_split(model, batches: Iterable[Mapping[str, Any]], task: Task, *, n
     per_image = scorer.scatter_samples if scatter_samples is None else scatter_samples
     per_image = min(per_image, n_samples) if scorer.scatter_samples else 0
     progress = Progress(f"[{label}]", total, unit="samples")
-    seen, whole = 0, 0
+    seen, whole, dropped = 0, 0, 0
     model.eval()
     with torch.inference_mode():
         for b, batch in enumerate(batches):
@@ -190,6 +190,15 @@ def evaluate_split(model, batches: Iterable[Mapping[str, Any]], task: Task, *, n
                 scorer.add_likelihood([value], d)
             x = batch["x"].float()
             out = model.predict(x, n_samples=n_samples, temperature=temperature)
+            draws = out.get("draws")
+            if draws is not None:  # flows: draws that overflowed float32 are left out of the mean
+                if bool((draws == 0).any()):
+                    lost = [k for k, d in zip(batch["key"], draws.tolist()) if d == 0]
+                    raise FloatingPointError(
+                        f"[{label}] every one of the {n_samples} draws at temperature {temperature} overflowed "
+                        f"(non-finite) for image(s) {lost}: no sample-mean prediction; a lower eval.temperature "
+                        "(or a sweep with select) samples away from the prior's tails")
+                dropped += int(n_samples * x.shape[0] - int(draws.sum()))
             samples = [model.sample(x, temperature=temperature) for _ in range(per_image)]
             scorer.add(batch, out, samples)
             seen += batch["y"].shape[0]
@@ -197,6 +206,9 @@ def evaluate_split(model, batches: Iterable[Mapping[str, Any]], task: Task, *, n
     if progress.n == 0:
         raise ValueError(f"[{label}] no batches to evaluate")
     summary = scorer.summary()
+    # Draws left out of the sample means because they overflowed (Lu & Huang 2020, sec. 4.3: "the sample
+    # average can smooth out some anomalous values"; a non-finite one would make the average NaN instead).
+    summary["nonfinite_draws"] = dropped
     if bpd_crops is None:
         summary["bpd_protocol"] = "whole images, real pixels only (no padding in D)"
     else:

@@ -134,7 +134,11 @@ def run(args: argparse.Namespace) -> int:
         if len(runs) > 1:
             print(f"[{exp.name}] evaluating run {len(per_run) + 1}/{len(runs)}: {path}", file=sys.stderr, flush=True)
         torch.manual_seed(args.seed)
-        per_run.append(evaluate_experiment(exp, model, args.data, seed=args.seed, temperature=temperature))
+        try:
+            per_run.append(evaluate_experiment(exp, model, args.data, seed=args.seed, temperature=temperature))
+        except FloatingPointError as exc:  # every draw of an image overflowed: no prediction, nothing written
+            print(f"cnf evaluate {exp.name}: error: {path}: {exc}", file=sys.stderr)
+            return 1
     task = get_task(exp.task)
     results = aggregate_seed_results(per_run, task.summary_metrics, [run_exp.train.seed for run_exp, _ in runs])
     info = {

@@ -333,6 +333,47 @@ def test_predict_encodes_x_once_and_bounds_every_pass():
         model.predict(x, n_samples=2, max_batch_elements=0)
 
 
+@pytest.mark.parametrize("target", ["continuous", "categorical"])
+def test_predict_leaves_overflowing_draws_out_of_the_mean(target):
+    """A draw with a non-finite value (float32 overflow in an inverse) is dropped from its image's mean and std;
+    ``draws`` counts what is left, and an image whose every draw overflowed gets NaN and ``draws == 0``."""
+    torch.manual_seed(0)
+    model, y_shape, x_shape = _build("cnf", target, levels=1, steps=1)
+    model.eval()
+    x = torch.rand(2, *x_shape)
+    n = 4
+    torch.manual_seed(3)
+    clean = [model.sample(x, 0.8) for _ in range(n)]
+    broken = {(1, 0), (2, 0), (1, 1), (2, 1), (3, 1)}  # (draw, image): image 1 keeps only its first draw
+    passes = model._sample_passes
+
+    def overflowing(*args):
+        done = 0
+        for k, s in passes(*args):  # pass-major rows: draw j of image i is row j * 2 + i
+            s = s.clone()
+            for j in range(k):
+                for i in range(2):
+                    if (done + j, i) in broken:
+                        s[j * 2 + i, 0, 0, 0] = float("nan") if i else float("inf")
+            done += k
+            yield k, s
+
+    model._sample_passes = overflowing
+    for max_elements in (10 ** 9, 1):
+        torch.manual_seed(3)
+        out = model.predict(x, n_samples=n, temperature=0.8, max_batch_elements=max_elements)
+        assert out["draws"].tolist() == [2, 1]
+        for i, kept in ((0, [0, 3]), (1, [0])):
+            draws = [clean[j][i] for j in kept]
+            if target == "categorical":
+                draws = [torch.nn.functional.one_hot(d[0].long(), K).permute(2, 0, 1).float() for d in draws]
+            torch.testing.assert_close(out["mean"][i], torch.stack(draws).mean(0))
+        assert torch.isfinite(out["mean"]).all() and torch.isfinite(out["std"]).all()
+    broken |= {(j, 1) for j in range(n)}
+    out = model.predict(x, n_samples=n, temperature=0.8)
+    assert out["draws"].tolist() == [2, 0] and torch.isnan(out["mean"][1]).all()
+
+
 def test_cglow_defaults_to_the_papers_priors_and_records_them():
     from flowlib.priors import DiagonalGaussian, SplitPrior
 

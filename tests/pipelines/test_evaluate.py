@@ -73,6 +73,29 @@ def test_protocol_scores_a_perfect_model_perfectly(data_root):
     assert out["spa"] == 1.0 and out["superpixels"] == "shards"
 
 
+class Overflowing(Oracle):
+    """The oracle, but ``lost`` of each image's draws overflowed (``draws`` of flowlib's ``predict``)."""
+
+    def __init__(self, batches, lost):
+        super().__init__(batches)
+        self.lost = lost
+
+    def predict(self, x, n_samples=1, temperature=1.0):
+        return {**super().predict(x, n_samples, temperature),
+                "draws": torch.full((x.shape[0],), n_samples - self.lost, dtype=torch.long)}
+
+
+def test_overflowed_draws_are_counted_and_an_image_without_any_fails_naming_it(data_root):
+    batches = list(loader(data_root, "horses", "horses", size=16))
+    n = sum(len(b["key"]) for b in batches)
+    out = evaluate_split(Overflowing(batches, 1), batches, get_task("horses"), n_samples=3, temperature=1.0)
+    assert out["iou"] == 1.0 and out["nonfinite_draws"] == n
+    assert evaluate_split(Oracle(batches), batches, get_task("horses"), n_samples=3,
+                          temperature=1.0)["nonfinite_draws"] == 0
+    with pytest.raises(FloatingPointError, match=rf"every one of the 3 draws .*{batches[0]['key'][0]}"):
+        evaluate_split(Overflowing(batches, 3), batches, get_task("horses"), n_samples=3, temperature=1.0)
+
+
 @pytest.mark.parametrize("family,options", [
     ("cglow", {"levels": 1, "steps": 1, "hidden": 8, "cond_hidden": 4}),
 ])
