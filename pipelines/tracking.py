@@ -141,6 +141,8 @@ def machine() -> dict[str, Any]:
 
     import torch
 
+    from flowlib import bfloat16_is_native
+
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -151,7 +153,11 @@ def machine() -> dict[str, Any]:
         pass
     out: dict[str, Any] = {"cpu": cpu, "cpus": os.cpu_count(),
                            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-                           "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+                           "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                           # the vector ISA torch dispatches to (AVX2 / AVX512 / ...) and native bfloat16: two
+                           # "AMD EPYC" VMs can differ 2x in speed and in what scaling.mixed_precision auto picks
+                           "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                           "bfloat16_native": bfloat16_is_native("cpu")}
     if torch.cuda.is_available():
         out["gpu"] = torch.cuda.get_device_name(0)
     return out

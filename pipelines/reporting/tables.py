@@ -143,6 +143,8 @@ def machine_label(machine: Mapping | None) -> str:
     if not machine:
         return ""
     label = f"{machine.get('cpu') or 'CPU'}, {machine.get('cpus_usable') or machine.get('cpus')} CPUs"
+    if machine.get("cpu_capability"):  # recorded since the cpu profile ran on both AVX2 and AVX512-BF16 VMs
+        label += f" ({machine['cpu_capability']}{', bf16' if machine.get('bfloat16_native') else ''})"
     return f"{label}, {machine['gpu']}" if machine.get("gpu") else label
 
 

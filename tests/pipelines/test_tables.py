@@ -272,3 +272,10 @@ def test_each_row_notes_what_training_and_evaluation_cost_and_on_what_machine():
     horses["training"] = {"steps": 10, "wall_s": 30.0}
     [row] = tables.computed_rows("cglow_table1", [horses], [])
     assert row["notes"] == "trained 10 steps in 30 s"
+    # Since the ISA is recorded, the label tells an AVX2 VM from an AVX512-BF16 one (same "AMD EPYC" name)
+    for capability, bf16, label in (("AVX2", False, "AMD EPYC, 2 CPUs (AVX2)"),
+                                    ("AVX512", True, "AMD EPYC, 2 CPUs (AVX512, bf16)")):
+        recorded = {**machine, "cpu_capability": capability, "bfloat16_native": bf16}
+        ev["evaluation"] = {"wall_s": 95.0, "machine": recorded}
+        [row] = tables.computed_rows("winkler_table3", [ev], [])
+        assert row["notes"].endswith(f"evaluated in 1.6 min on {label}")
