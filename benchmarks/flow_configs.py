@@ -10,7 +10,7 @@ Each entry is a :func:`flowlib.build_model` call plus a batch: what ``cnf train`
 - ``sr``: ``sr_imagenet64_cnf`` of params-paper.yaml (L=2, K=8, affine coupling, SR subnet, RRDB encoder,
   uniform dequantization of 8-bit ``y``) at a CPU-sized width: hidden 64 (paper 512), RRDB 4 blocks (16),
   growth 16 (32), 32 context channels (128); batch 8, ``y`` 3x64x64, ``x`` 3x32x32.
-- ``cpu-sr``: ``sr_cnf`` of params-cpu.yaml (L=2, K=4, hidden 64, RRDB 4 blocks of growth 32 with 64 context
+- ``cpu-sr``: ``sr_cnf`` of params-cpu.yaml (L=2, K=4, hidden 64, RRDB 2 blocks of growth 32 with 64 context
   channels, affine coupling, uniform dequantization) at its batch 8 on 64x64 ``y`` patches. The cpu profile's
   DRIVE experiment (``drive_cnf`` of params-cpu.yaml) is ``drive`` above.
 - ``demo-sr``, ``demo-drive``: the demo profile's ``sr_imagenet64_cnf`` and ``drive_cnf`` (params.yaml) at their
@@ -38,7 +38,7 @@ CONFIGS: dict[str, dict] = {
                           encoder_options=dict(blocks=4, growth=16, context_channels=32))),
     "cpu-sr": dict(target="image8", y_shape=(3, 64, 64), x_shape=(3, 32, 32), batch=8,
                    model=dict(levels=2, steps=4, hidden=64, encoder="rrdb",
-                              encoder_options=dict(blocks=4, growth=32, context_channels=64))),
+                              encoder_options=dict(blocks=2, growth=32, context_channels=64))),
     "demo-sr": dict(target="image8", y_shape=(3, 32, 32), x_shape=(3, 16, 16), batch=4,
                     model=dict(levels=2, steps=2, hidden=16, encoder="rrdb", encoder_options=dict(blocks=1, growth=8))),
     "demo-drive": dict(target="binary", y_shape=(1, 32, 32), x_shape=(3, 32, 32), batch=2,
