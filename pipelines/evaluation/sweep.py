@@ -98,27 +98,44 @@ def select_temperature(results: Mapping[float, Mapping[str, Any]], metric: str) 
 
 
 def grid_batch(exp, data_dir: str | Path, *, seed: int = 0) -> dict:
-    """The first ``GRID_INPUTS`` samples of the sweep split, as the evaluation loader reads them."""
+    """The first ``GRID_INPUTS`` samples of the sweep split, as the evaluation loader reads them: one batch when
+    they share a shape, else ``x`` and ``y`` are lists of ``(1, C, H, W)`` tensors (native-size images, e.g.
+    the SR validation split, which no batch can hold)."""
+    from itertools import islice
+
     from pipelines.data.loader import loader_options, make_loader
 
     loader = make_loader(dataset_folder(data_dir, eval_dataset(exp), exp.data.dataset), sweep_split(exp), exp.task,
-                         batch_size=GRID_INPUTS, train=False, seed=seed, **loader_options(exp.data, train=False))
-    return next(iter(loader))
+                         batch_size=1, train=False, seed=seed, **loader_options(exp.data, train=False))
+    items = list(islice(iter(loader), GRID_INPUTS))
+    if not items:
+        raise ValueError(f"{exp.name}: the sweep split {sweep_split(exp)!r} has no samples for the grid")
+    keys = [k for b in items for k in b.get("key", [])]
+    xs, ys = [b["x"] for b in items], [b["y"] for b in items]
+    if len({tuple(t.shape) for t in xs}) == 1 and len({tuple(t.shape) for t in ys}) == 1:
+        return {"x": torch.cat(xs), "y": torch.cat(ys), "key": keys}
+    return {"x": xs, "y": ys, "key": keys}
 
 
 def temperature_grid(model, batch: Mapping[str, Any], temperatures: Sequence[float], task: Task | str,
                      seed: int = 0) -> list[dict]:
     """Rows ``{"input": x, "T=t": sample, ..., "truth": y}`` of ``(H, W, 3)`` images in [0, 1] for the first
-    ``GRID_INPUTS`` inputs of ``batch``: x drawn by ``display_input``, y and samples by ``task.display``."""
+    ``GRID_INPUTS`` inputs of ``batch``: x drawn by ``display_input``, y and samples by ``task.display``.
+
+    ``batch["x"]``/``batch["y"]`` are a batch, or lists of ``(1, C, H, W)`` inputs of different sizes (sampled
+    one after another from the same seed). Every temperature restarts from ``seed``: the same noise, scaled."""
     task = get_task(task) if isinstance(task, str) else task
-    x, y = batch["x"][:GRID_INPUTS].float(), batch["y"][:GRID_INPUTS].float()
-    rows = [{"input": display_input(x[i]), "truth": task.display(y[i])} for i in range(x.shape[0])]
+    if isinstance(batch["x"], torch.Tensor):
+        groups = [(batch["x"][:GRID_INPUTS].float(), batch["y"][:GRID_INPUTS].float())]
+    else:
+        groups = [(x.float(), y.float()) for x, y in list(zip(batch["x"], batch["y"]))[:GRID_INPUTS]]
+    rows = [{"input": display_input(x[i]), "truth": task.display(y[i])} for x, y in groups for i in range(x.shape[0])]
     with torch.inference_mode():
         for t in temperatures:
             torch.manual_seed(seed)  # the same noise at every temperature: only the scale changes
-            s = model.sample(x, temperature=float(t))
-            for i, row in enumerate(rows):
-                row[f"T={float(t):g}"] = task.display(s[i])
+            samples = [model.sample(x, temperature=float(t)) for x, _ in groups]
+            for row, s in zip(rows, (s[i] for s in samples for i in range(s.shape[0]))):
+                row[f"T={float(t):g}"] = task.display(s)
     return rows
 
 

@@ -213,3 +213,36 @@ def test_sweep_extra_splits_off_scores_the_sweep_split_alone():
     assert "bpd_crops" not in splits["set5"]  # whole-image bits/dim there
     alone = parse_params(raw, ["experiments.sr.sweep.extra_splits=false"]).experiment("sr")
     assert sweep_splits(alone) == {"valid": {"dataset": "sr_train", "split": "valid"}}
+
+
+def test_temperature_grid_draws_inputs_of_different_sizes_one_by_one():
+    """Native-size validation images (SR) cannot share a batch: the grid takes them as a list."""
+    from flowlib.models import build_model
+    from pipelines.evaluation.sweep import temperature_grid
+
+    torch.manual_seed(0)
+    model = build_model("cnf", "image8", (3, 16, 16), (3, 8, 8), levels=2, steps=1, hidden=8).eval()
+    xs = [torch.rand(1, 3, 8, 12), torch.rand(1, 3, 12, 8)]
+    ys = [torch.randint(0, 256, (1, 3, 16, 24)).float(), torch.randint(0, 256, (1, 3, 24, 16)).float()]
+    rows = temperature_grid(model, {"x": xs, "y": ys}, [0.0, 1.0], "sr", seed=1)
+    assert [row["T=1"].shape for row in rows] == [(16, 24, 3), (24, 16, 3)]
+    assert [row["truth"].shape for row in rows] == [(16, 24, 3), (24, 16, 3)]
+    again = temperature_grid(model, {"x": xs[:1], "y": ys[:1]}, [1.0], "sr", seed=1)
+    np.testing.assert_array_equal(again[0]["T=1"], rows[0]["T=1"])  # the first input's noise: the seed's
+
+
+def test_grid_batch_keeps_native_sizes_of_the_sr_validation_split(shared_datasets, tmp_path):
+    """The real sr_train valid images differ in size (the failure this guards: the sweep's grid batched them)."""
+    from pathlib import Path
+
+    from pipelines.evaluation.sweep import GRID_INPUTS, grid_batch
+    from pipelines.params import load_params
+    from pipelines.stages import fetch
+
+    fetch.fetch("sr_train", str(shared_datasets), str(tmp_path / "sr_train"))
+    exp = load_params(Path(__file__).resolve().parents[2] / "params-cpu.yaml").experiments["sr_cnf"]
+    batch = grid_batch(exp, tmp_path)
+    assert isinstance(batch["x"], list) and len(batch["x"]) == len(batch["key"]) == GRID_INPUTS
+    assert len({tuple(x.shape) for x in batch["x"]}) > 1
+    for x, y in zip(batch["x"], batch["y"]):
+        assert x.shape[0] == 1 and y.shape[-2:] == (2 * x.shape[-2], 2 * x.shape[-1])
