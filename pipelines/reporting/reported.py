@@ -70,17 +70,17 @@ TABLES: dict[str, dict] = {
             ("BSD100", "CNF", 2.33, 31.4, 0.893),
         ]),
         "notes": "PSNR/SSIM on the Y channel with the scale shaved (SR convention); bpd as the paper computes it, "
-                 "an average over 1000 randomly cropped 128x128 patches. The paper's models trained on ImageNet64 (the "
-                 "cpu profile's on T91 + BSDS500 train). "
+                 "an average over 1000 randomly cropped 128x128 patches. The paper's models trained on ImageNet64 "
+                 "(a computed row's on its experiment's data.dataset). "
                  "temperature: the sampling temperature of our PSNR/SSIM (the paper does not state one).",
         "choices": [
             "bpd: the 1000 crops of a benchmark are shared equally by its images (Set5: 200 each, BSD100: 10), "
             "corners uniform over the image on even positions (the LR crop aligns), drawn from the image key "
             "with a fixed seed; an image under 128 px on a side is used whole for its crops (the demo "
             "benchmarks are 48x48, so there bpd is over whole images).",
-            "temperature: chosen per model from sweep.temperatures by PSNR on the validation split of the "
-            "model's sweep dataset (paper and demo profiles: ImageNet64 valid; cpu profile: sr_train valid, 10 "
-            "images; never a Table 2 test set; `cnf sweep`, ties to the lowest), then used for every "
+            "temperature: chosen per model from sweep.temperatures by PSNR on the validation split of its "
+            "`sweeps` dataset (the row's notes name it; never a Table 2 test set; `cnf sweep`, ties to the "
+            "lowest), then used for every "
             "test set; the paper calls 0.5 'a balance' and samples Figure 2 at 0.8.",
             "PSNR/SSIM of one prediction per image: the mean of eval.n_samples samples (paper profile: 1).",
         ],
