@@ -251,13 +251,17 @@ class StructuredModel(nn.Module):
 
         The ``n_samples`` draws are batched: each pass decodes as many samples of the whole batch as fit in
         ``max_batch_elements`` elements of ``y`` (at least one sample per pass), so memory stays bounded and
-        the cost per sample is that of a large batch rather than of ``n_samples`` small ones. Runs under
-        ``torch.inference_mode``.
+        the cost per sample is that of a large batch rather than of ``n_samples`` small ones. At temperature 0
+        every draw decodes the prior means, the same ``y``: one is decoded and stands for all ``n_samples``
+        (``draws`` counts them all; ``std`` is 0). Runs under ``torch.inference_mode``.
         """
         if int(n_samples) < 1:
             raise ValueError(f"predict: n_samples must be >= 1, got {n_samples}")
         if int(max_batch_elements) < 1:
             raise ValueError(f"predict: max_batch_elements must be >= 1, got {max_batch_elements}")
+        if float(temperature) == 0.0 and int(n_samples) > 1:
+            out = self.predict(x, 1, 0.0, max_batch_elements)
+            return {**out, "draws": out["draws"] * int(n_samples)}
         n, b = int(n_samples), x.shape[0]
         total = total_sq = None
         draws = torch.zeros(b, dtype=torch.long, device=x.device)

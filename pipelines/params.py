@@ -237,6 +237,9 @@ class SweepParams:
     temperatures: tuple = (0.0, 0.5, 0.8, 1.0)
     n_samples: Optional[int] = field(default=None, metadata=POSITIVE)
     split: Optional[str] = None
+    # Score only the sweep split's first N images (shard order, whole batches of eval.batch_size): a temperature
+    # is chosen on a large validation split (the CelebA subset's 1,000) at a fraction of its cost.
+    max_images: Optional[int] = field(default=None, metadata=POSITIVE)
     # Also score eval.extra_splits (the SR test sets) at every temperature, so each temperature's test scores are
     # on record; false: the sweep split alone (all that choosing a temperature needs).
     extra_splits: bool = True

@@ -86,8 +86,9 @@ def evaluate_experiment(exp, model, data_dir: str | Path, *, seed: int = 0, n_sa
                         temperature: float | None = None, splits: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
     """Evaluate ``model`` for experiment ``exp`` (``ExperimentParams``) on ``splits`` (default ``eval_splits``).
 
-    ``splits`` maps a result name to ``{dataset, split[, size, batch_size, bpd_crops]}``; ``n_samples`` and
-    ``temperature`` default to the experiment's ``eval`` section. Returns ``{name: summary}``, each summary
+    ``splits`` maps a result name to ``{dataset, split[, size, batch_size, bpd_crops, max_images]}``
+    (``max_images``: the split's first images only, rounded up to whole batches; a sweep's cap); ``n_samples``
+    and ``temperature`` default to the experiment's ``eval`` section. Returns ``{name: summary}``, each summary
     with its ``dataset`` and ``split``.
     """
     from pipelines.data.loader import loader_options, make_loader
@@ -106,11 +107,17 @@ def evaluate_experiment(exp, model, data_dir: str | Path, *, seed: int = 0, n_sa
             kwargs.pop("size", None)
             if spec["size"]:
                 kwargs["size"] = spec["size"]
-        loader = make_loader(dest, split, exp.task, batch_size=spec.get("batch_size", exp.eval.batch_size),
+        batch_size = spec.get("batch_size", exp.eval.batch_size)
+        loader = make_loader(dest, split, exp.task, batch_size=batch_size,
                              train=False, rank=0, world_size=1, num_workers=0, seed=seed, **kwargs)
+        max_batches, total = exp.eval.max_batches, loader.num_samples
+        if spec.get("max_images"):
+            capped = -(-int(spec["max_images"]) // batch_size)
+            max_batches = capped if max_batches is None else min(max_batches, capped)
+            total = min(total, capped * batch_size)
         summary = evaluate_split(model, loader, task, n_samples=n_samples, temperature=temperature,
-                                 label=f"{exp.name}/{name}", total=loader.num_samples,
-                                 max_batches=exp.eval.max_batches, bpd_crops=spec.get("bpd_crops"), seed=seed)
+                                 label=f"{exp.name}/{name}", total=total,
+                                 max_batches=max_batches, bpd_crops=spec.get("bpd_crops"), seed=seed)
         summary.update({"dataset": dataset, "split": split})
         results[name] = summary
     return results

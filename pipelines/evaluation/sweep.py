@@ -24,9 +24,11 @@ GRID_INPUTS = 4  # rows of the temperature grid
 
 @dataclass(frozen=True)
 class SweepEntry:
-    """One entry of params.yaml's ``sweeps`` section: ``<experiment>: {dataset: <its eval dataset>[, select:
-    <metric>]}``. ``dataset`` is what dvc.yaml makes the sweep depend on; ``select`` names the metric the sweep
-    chooses the sampling temperature by (on the sweep split), which `cnf evaluate` then uses."""
+    """One entry of params.yaml's ``sweeps`` section: ``<experiment>: {dataset: <name>[, select: <metric>]}``.
+    ``dataset`` is the one the sweep split (``sweep.split``, else the eval split) is read from: the eval dataset,
+    or a training set whose held-out split the temperature is chosen on (denoising: bsds500's valid, the test set
+    being CBSD68); ``select`` names the metric the sweep chooses the sampling temperature by (on the sweep
+    split), which `cnf evaluate` then uses."""
 
     experiment: str
     dataset: str
@@ -55,13 +57,17 @@ def sweep_split(exp) -> str:
     return exp.sweep.split or exp.data.eval_split
 
 
-def sweep_splits(exp) -> dict[str, dict[str, Any]]:
-    """What a sweep scores: the sweep split (the one a temperature is chosen on), then, unless
-    ``sweep.extra_splits`` is off, ``eval.extra_splits`` (the SR test sets, so each temperature's test scores are
-    on record). Bits/dim is not what a sweep is for, so extra splits take it over whole images rather than
-    ``bpd_crops``."""
+def sweep_splits(exp, dataset: str | None = None) -> dict[str, dict[str, Any]]:
+    """What a sweep scores: the sweep split (the one a temperature is chosen on) of ``dataset`` (the
+    ``sweeps.<exp>.dataset`` of params.yaml, e.g. a training set's held-out split; default the eval dataset),
+    then, unless ``sweep.extra_splits`` is off, ``eval.extra_splits`` (the SR test sets, so each temperature's
+    test scores are on record). Bits/dim is not what a sweep is for, so extra splits take it over whole images
+    rather than ``bpd_crops``. ``sweep.max_images`` caps the sweep split (its first images, in shard order)."""
     split = sweep_split(exp)
-    out = {split: {"dataset": eval_dataset(exp), "split": split}}
+    first = {"dataset": dataset or eval_dataset(exp), "split": split}
+    if exp.sweep.max_images:
+        first["max_images"] = exp.sweep.max_images
+    out = {split: first}
     if not exp.sweep.extra_splits:
         return out
     for name, spec in eval_splits(exp).items():
@@ -70,18 +76,27 @@ def sweep_splits(exp) -> dict[str, dict[str, Any]]:
     return out
 
 
-def sweep_experiment(exp, model, data_dir: str | Path, temperatures: Sequence[float], *, seed: int = 0) -> dict:
-    """``{split name: {temperature: summary}}`` over ``sweep_splits(exp)``, the sweep split first; predictions
-    are the mean of ``sweep.n_samples`` (else ``eval.n_samples``) samples at that temperature."""
+def sweep_experiment(exp, model, data_dir: str | Path, temperatures: Sequence[float], *, seed: int = 0,
+                     dataset: str | None = None) -> dict:
+    """``{split name: {temperature: summary}}`` over ``sweep_splits(exp, dataset)``, the sweep split first;
+    predictions are the mean of ``sweep.n_samples`` (else ``eval.n_samples``) samples at that temperature.
+
+    A temperature at which some image has no finite draw at all (``evaluate_split``'s FloatingPointError: the
+    prior's tails overflow float32) is recorded as ``{"failed": reason}`` for that split rather than ending the
+    sweep: it has no prediction, so ``select_temperature`` never chooses it."""
     n_samples = exp.sweep.n_samples or exp.eval.n_samples
-    splits = sweep_splits(exp)
+    splits = sweep_splits(exp, dataset)
     results: dict[str, dict[float, dict]] = {name: {} for name in splits}
     for t in temperatures:
         print(f"[{exp.name}] sweep: temperature {float(t):g}", file=sys.stderr, flush=True)
-        out = evaluate_experiment(exp, model, data_dir, seed=seed, n_samples=n_samples, temperature=float(t),
-                                  splits=splits)
-        for name in splits:
-            results[name][float(t)] = out[name]
+        for name, spec in splits.items():
+            try:
+                out = evaluate_experiment(exp, model, data_dir, seed=seed, n_samples=n_samples,
+                                          temperature=float(t), splits={name: spec})[name]
+            except FloatingPointError as exc:
+                print(f"[{exp.name}] sweep: temperature {float(t):g} on {name}: {exc}", file=sys.stderr, flush=True)
+                out = {"dataset": spec["dataset"], "split": spec.get("split", "test"), "failed": str(exc)}
+            results[name][float(t)] = out
     return results
 
 
@@ -97,15 +112,16 @@ def select_temperature(results: Mapping[float, Mapping[str, Any]], metric: str) 
     return min(sorted(scored), key=lambda t: sign * float(scored[t]))
 
 
-def grid_batch(exp, data_dir: str | Path, *, seed: int = 0) -> dict:
-    """The first ``GRID_INPUTS`` samples of the sweep split, as the evaluation loader reads them: one batch when
-    they share a shape, else ``x`` and ``y`` are lists of ``(1, C, H, W)`` tensors (native-size images, e.g.
-    the SR validation split, which no batch can hold)."""
+def grid_batch(exp, data_dir: str | Path, *, seed: int = 0, dataset: str | None = None) -> dict:
+    """The first ``GRID_INPUTS`` samples of the sweep split (of ``dataset``, default the eval dataset), as the
+    evaluation loader reads them: one batch when they share a shape, else ``x`` and ``y`` are lists of
+    ``(1, C, H, W)`` tensors (native-size images, e.g. the SR validation split, which no batch can hold)."""
     from itertools import islice
 
     from pipelines.data.loader import loader_options, make_loader
 
-    loader = make_loader(dataset_folder(data_dir, eval_dataset(exp), exp.data.dataset), sweep_split(exp), exp.task,
+    folder = dataset_folder(data_dir, dataset or eval_dataset(exp), exp.data.dataset)
+    loader = make_loader(folder, sweep_split(exp), exp.task,
                          batch_size=1, train=False, seed=seed, **loader_options(exp.data, train=False))
     items = list(islice(iter(loader), GRID_INPUTS))
     if not items:

@@ -6,8 +6,9 @@
               [--any-checkpoint] [--listed-only] [--set k=v ...]
 
 For each temperature of ``sweep.temperatures`` (default 0, 0.5, 0.8, 1.0; temperature scales every prior
-std, 0 decodes the prior means) the experiment's sweep split (``sweep.split``, else the eval split) and its
-``eval.extra_splits`` (the SR test sets) are scored with the evaluation protocol of `cnf evaluate`
+std, 0 decodes the prior means) the experiment's sweep split (``sweep.split``, else the eval split, of the
+dataset ``sweeps.<exp>.dataset`` names, else of the eval dataset; its first ``sweep.max_images`` only, if set)
+and its ``eval.extra_splits`` (the SR test sets) are scored with the evaluation protocol of `cnf evaluate`
 (prediction = mean of ``sweep.n_samples`` or ``eval.n_samples`` samples; ``pipelines.evaluation.sweep``).
 With ``sweeps.<exp>.select: <metric>`` in params.yaml the temperature with the best metric on the sweep split
 is chosen (``selection`` in the info file), and `cnf evaluate` uses it for every split (Winkler et al. 2019,
@@ -94,13 +95,15 @@ def run(args: argparse.Namespace) -> int:
     run_id = train_run_id(args.train_metrics or f"runs/{exp.name}/train_info.json")
     model.eval()
 
-    by_split = sweep_experiment(exp, model, args.data, temps, seed=args.seed)
-    splits = sweep_splits(exp)
+    # The sweep split is read from sweeps.<exp>.dataset (e.g. a training set's held-out split), else the eval set.
+    dataset = entry.dataset if entry is not None else None
+    by_split = sweep_experiment(exp, model, args.data, temps, seed=args.seed, dataset=dataset)
+    splits = sweep_splits(exp, dataset)
     split = next(iter(splits))
     results = by_split[split]
     metrics, best_at, records = sweep_outputs(task, by_split)
 
-    batch = grid_batch(exp, args.data, seed=args.seed)
+    batch = grid_batch(exp, args.data, seed=args.seed, dataset=dataset)
     rows = temperature_grid(model, batch, temps, task, args.seed)
     columns = ["input", *[f"T={t:g}" for t in temps], "truth"]
     keys = [k for k in task.summary_metrics if k != "bpd"] or ["bpd"]
@@ -114,7 +117,11 @@ def run(args: argparse.Namespace) -> int:
             "mlflow_run_id": run_id, "split": split, "dataset": splits[split]["dataset"],
             "n_samples": exp.sweep.n_samples or exp.eval.n_samples, "temperatures": temps,
             "splits": {name: {"dataset": spec["dataset"], "split": spec.get("split", "test"),
-                              "n": next(iter(by_split[name].values())).get("n")} for name, spec in splits.items()},
+                              "n": next((s["n"] for s in by_split[name].values() if "n" in s), None)}
+                       for name, spec in splits.items()},
+            # Temperatures without a prediction (every draw of some image overflowed float32): never chosen.
+            "failed": {name: {str(t): s["failed"] for t, s in per_t.items() if "failed" in s}
+                       for name, per_t in by_split.items() if any("failed" in s for s in per_t.values())} or None,
             "best_at": best_at, "plots": relative_path(plots_path),
             "figures": [p for p in (relative_path(p) for p in paths) if p] or None,
             "grid_keys": list(batch.get("key", []))[:GRID_INPUTS]}

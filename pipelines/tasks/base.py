@@ -315,15 +315,16 @@ class Task:
         """How ``y`` (C, H, W) in data space is drawn in grids: ``(H, W, 3)`` float in [0, 1].
 
         By target: 8-bit images / 255, labels / (K - 1), continuous values as they are when they lie in [0, 1],
-        else stretched to their range; single channels grey, NaN drawn as 0.
+        else stretched to their finite range; single channels grey, non-finite values (an overflowed draw) as 0.
         """
         a = as_numpy(y)
         if self.target == "image8":
             a = a / 255.0
         elif self.target == "categorical":
             a = a / max(self.num_classes - 1, 1)
-        elif self.target == "continuous":
-            lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+        elif self.target == "continuous" and np.isfinite(a).any():
+            finite = a[np.isfinite(a)]
+            lo, hi = float(finite.min()), float(finite.max())
             if hi > lo and (lo < 0 or hi > 1):
                 a = (a - lo) / (hi - lo)
-        return rgb_image(np.clip(np.nan_to_num(a), 0.0, 1.0))
+        return rgb_image(np.clip(np.where(np.isfinite(a), a, 0.0), 0.0, 1.0))

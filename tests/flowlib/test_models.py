@@ -154,6 +154,31 @@ def test_temperature_zero_predictions_are_deterministic():
     assert a["std"].abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("family,target", [("cnf", "binary"), ("cnf", "image8"), ("cglow", "continuous"),
+                                           ("cglow", "categorical")])
+def test_temperature_zero_decodes_once_and_counts_every_draw(family, target):
+    """At T = 0 every draw is the decoded prior mean: predict decodes it once, equal to the sample-mean of the
+    n draws a loop of `sample` calls makes, and ``draws`` still counts n per image (nothing was dropped)."""
+    torch.manual_seed(0)
+    model, y_shape, x_shape = _build(family, target, levels=2, steps=2)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(2, *x_shape, generator=gen)
+    with torch.no_grad():
+        model.nll(_data(target, y_shape, gen=gen), x)
+    _perturb(model, 0.05)
+    model.eval()
+    draws = torch.stack([model.sample(x, 0.0) for _ in range(3)])
+    if target == "categorical":
+        draws = torch.nn.functional.one_hot(draws[:, :, 0].long(), K).permute(0, 1, 4, 2, 3).float()
+    passes = []
+    decode = model.flow.sample_from
+    model.flow.sample_from = lambda conds, t, noise=None: passes.append(conds[0].shape[0]) or decode(conds, t, noise)
+    out = model.predict(x, n_samples=16, temperature=0.0)
+    assert passes == [2], "one decode of the batch, not 16"
+    torch.testing.assert_close(out["mean"], draws.mean(0))
+    assert out["draws"].tolist() == [16, 16] and float(out["std"].abs().max()) == 0.0
+
+
 def test_config_rebuilds_the_same_architecture():
     for family, target in [("cnf", "binary"), ("cglow", "categorical"), ("factorized", "image8")]:
         model = _build(family, target)[0]

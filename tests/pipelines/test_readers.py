@@ -217,10 +217,10 @@ def test_set5_and_bsd100_counts_keys_and_sizes(unpacked, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ denoising
-def test_bsds500_denoising_train_is_train_plus_test_without_val(unpacked, tmp_path):
+def test_bsds500_denoising_train_is_train_plus_test_and_valid_is_val_without_cbsd68(unpacked, tmp_path):
     root = unpacked("BSDS500.zip")
     listing = readers.bsds500_files(root)
-    assert _counts(listing) == DATASETS["bsds500"].splits == {"train": 400}
+    assert _counts(listing) == DATASETS["bsds500"].splits == {"train": 400, "valid": 32}
     folders = {p.parent.name for p in listing["train"]}
     assert folders == {"train", "test"} and sum(p.parent.name == "train" for p in listing["train"]) == 200
     assert len(set(_keys(listing["train"]))) == 400
@@ -230,9 +230,15 @@ def test_bsds500_denoising_train_is_train_plus_test_without_val(unpacked, tmp_pa
     assert _counts(cbsd68) == DATASETS["cbsd68"].splits == {"test": 68}
     cbsd_keys = set(_keys(cbsd68["test"]))
     assert cbsd_keys <= val and not cbsd_keys & set(_keys(listing["train"]))  # CBSD68 is inside val
+    # valid: the rest of val, so disjoint from the test set and from training; the id list is the archive's.
+    assert cbsd_keys == readers.BSD68_IDS and {p.parent.name for p in listing["valid"]} == {"val"}
+    assert set(_keys(listing["valid"])) == val - cbsd_keys and len(set(_keys(listing["valid"]))) == 32
     assert {_size(p) for p in cbsd68["test"]} == {(321, 481), (481, 321)}
-    rel = [p.relative_to(root).as_posix() for p in listing["train"][:1] + listing["train"][-1:]]
-    for sample in readers.read_bsds500(_subset(root, rel, tmp_path), DATASETS["bsds500"])["train"]:
+    rel = [p.relative_to(root).as_posix() for p in listing["train"][:1] + listing["train"][-1:] + listing["valid"][:1]]
+    read = readers.read_bsds500(_subset(root, rel, tmp_path), DATASETS["bsds500"])
+    samples = [s for split in ("train", "valid") for s in read[split]]
+    assert len(samples) == 3
+    for sample in samples:
         assert sample["target.png"].dtype == np.uint8 and sample["target.png"].shape in ((321, 481, 3), (481, 321, 3))
         assert sample["target.png"].std() > 10 and "input.png" not in sample
 
@@ -245,19 +251,21 @@ def test_training_sets_are_disjoint_from_their_test_sets_by_content(unpacked, sr
     cbsd68 = readers.cbsd68_files(unpacked("CBSD68.zip"))["test"]
     val = sorted(bsds_root.rglob("images/val/*.jpg"))
     sr_train = [p for files in readers.sr_train_files(sr_train_root).values() for p in files]
-    denoise_train = readers.bsds500_files(bsds_root)["train"]
+    denoise = readers.bsds500_files(bsds_root)
+    denoise_train, denoise_valid = denoise["train"], denoise["valid"]
     excluded = [p for p in bsds_root.rglob("images/train/*.jpg") if p.stem in readers.SR_TRAIN_EXCLUDED]
     thumbs = {name: _thumbnails(files) for name, files in [
         ("set5", set5), ("bsd100", bsd100), ("cbsd68", cbsd68), ("val", val), ("sr_train", sr_train),
-        ("denoise_train", denoise_train), ("excluded", excluded)]}
+        ("denoise_train", denoise_train), ("denoise_valid", denoise_valid), ("excluded", excluded)]}
     # The matcher finds the known overlaps: BSD100 = BSDS500 val, CBSD68 inside both, Set5 woman in 302003.
     assert (_distances(thumbs["bsd100"], thumbs["val"]).min(1) < MATCH).sum() == 100
     assert (_distances(thumbs["cbsd68"], thumbs["val"]).min(1) < MATCH).sum() == 68
     assert (_distances(thumbs["cbsd68"], thumbs["bsd100"]).min(1) < MATCH).sum() == 68
     woman = _distances(thumbs["set5"], thumbs["excluded"])[:, 0]
     assert [p.stem for p, d in zip(set5, woman) if d < MATCH] == ["woman"]
-    # ... and none between the training sets and the test sets they are scored on.
-    for train, test in [("sr_train", "set5"), ("sr_train", "bsd100"), ("denoise_train", "cbsd68")]:
+    # ... and none between the training sets and the test sets they are scored on (nor denoising train and valid).
+    for train, test in [("sr_train", "set5"), ("sr_train", "bsd100"), ("denoise_train", "cbsd68"),
+                        ("denoise_valid", "cbsd68"), ("denoise_train", "denoise_valid")]:
         nearest = _distances(thumbs[test], thumbs[train]).min(1)
         assert nearest.min() > MATCH, f"{train} holds a copy of a {test} image (distance {nearest.min():.3f})"
 

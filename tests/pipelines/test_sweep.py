@@ -246,3 +246,44 @@ def test_grid_batch_keeps_native_sizes_of_the_sr_validation_split(shared_dataset
     assert len({tuple(x.shape) for x in batch["x"]}) > 1
     for x, y in zip(batch["x"], batch["y"]):
         assert x.shape[0] == 1 and y.shape[-2:] == (2 * x.shape[-2], 2 * x.shape[-1])
+
+
+def test_denoising_sweep_reads_the_training_sets_valid_split_caps_it_and_skips_an_overflowing_temperature(
+        tmp_path):
+    """c-Glow denoising tests on CBSD68 but chooses its temperature on bsds500's held-out valid split (the
+    sweeps entry's dataset), over its first ``sweep.max_images``; a temperature at which every draw of an image
+    overflows float32 is recorded as failed instead of ending the sweep, and is never chosen."""
+    from flowlib.checkpoint import save_checkpoint
+    from flowlib.models import build_model
+    from pipelines.data.loader import make_loader
+    from pipelines.stages import fetch
+
+    data = tmp_path / "data"
+    for name in ("bsds500", "cbsd68"):
+        fetch.fetch(name, "demo", str(data / name))
+    exp = {"paper": "lu2020", "table": ["cglow_table3"], "task": "denoise",
+           "data": {"dataset": "bsds500", "eval_dataset": "cbsd68", "size": 16},
+           "model": {"family": "cglow", "levels": 1, "steps": 1, "hidden": 8, "cond_hidden": 8, "residual": 1.0},
+           "eval": {"n_samples": 2, "batch_size": 1},
+           "sweep": {"temperatures": [0.0, 1.0, 3.0e38], "split": "valid", "max_images": 1,
+                     "extra_splits": False}}
+    params = {"profile": "demo", "datasets": {"bsds500": {"source": "demo"}, "cbsd68": {"source": "demo"}},
+              "experiments": {"dn": exp}, "sweeps": {"dn": {"dataset": "bsds500", "select": "psnr"}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    b = next(iter(make_loader(str(data / "bsds500"), "valid", "denoise", 1, train=False, size=16)))
+    torch.manual_seed(0)
+    model = build_model("cglow", "continuous", tuple(b["y"].shape[1:]), tuple(b["x"].shape[1:]), levels=1,
+                        steps=1, hidden=8, cond_hidden=8, residual=1.0)
+    save_checkpoint(tmp_path / "model.pt", model)
+    assert cli.main(["sweep", "dn", "--params", str(tmp_path / "params.yaml"), "--model", str(tmp_path / "model.pt"),
+                     "--data", str(data), "--train-info", str(tmp_path / "none.json"), "--out",
+                     str(tmp_path / "sweep.json"), "--info-out", str(tmp_path / "info.json"), "--plots-out",
+                     str(tmp_path / "curves.json"), "--figures", str(tmp_path / "figs")]) == 0
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert info["dataset"] == "bsds500" and info["splits"] == {"valid": {"dataset": "bsds500", "split": "valid",
+                                                                         "n": 1}}
+    assert info["grid_keys"] == ["300000", "307919"]  # the grid is the valid split's too (uncapped), not CBSD68's
+    assert list(info["failed"]["valid"]) == ["3e+38"] and "overflowed" in info["failed"]["valid"]["3e+38"]
+    curves = json.loads((tmp_path / "curves.json").read_text())
+    assert {r["temperature"] for r in curves} == {0.0, 1.0}
+    assert info["selection"]["temperature"] in (0.0, 1.0) and info["selection"]["dataset"] == "bsds500"

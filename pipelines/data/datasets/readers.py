@@ -358,17 +358,33 @@ def _clean_folder(files: list[Path], root: Path, task: str) -> Iterator[dict]:
                "meta.json": _meta(task, [path], root, image.shape)}
 
 
+#: The 68 BSDS300 test images of the BSD68 / CBSD68 denoising benchmark (Roth & Black 2009), by BSDS image id: they
+#: lie in BSDS500's val folder, whose other 32 images are the denoising validation split.
+BSD68_IDS = frozenset((
+    "3096", "12084", "14037", "16077", "19021", "21077", "24077", "33039", "101085", "101087", "102061", "103070",
+    "105025", "106024", "108005", "108070", "108082", "109053", "119082", "123074", "126007", "130026", "134035",
+    "143090", "145086", "147091", "148026", "148089", "157055", "159008", "160068", "163085", "167062", "167083",
+    "170057", "175032", "175043", "182053", "189080", "196073", "197017", "208001", "210088", "216081", "219090",
+    "220075", "223061", "227092", "229036", "236037", "241004", "241048", "253027", "253055", "260058", "271035",
+    "285079", "291000", "295087", "296007", "296059", "299086", "300091", "302008", "304034", "304074", "306005",
+    "351093"))
+
+
 def bsds500_files(root: Path) -> dict[str, list[Path]]:
-    """BSDS500 denoising training images, without decoding: ``images/train`` + ``images/test``, by name."""
-    return {"train": _find(root, r"/images/(train|test)/[^/]+\.jpg$")}
+    """BSDS500 denoising images, without decoding: train = ``images/train`` + ``images/test``; valid =
+    ``images/val`` without the 68 CBSD68 test images (``BSD68_IDS``); by name."""
+    val = _find(root, r"/images/val/[^/]+\.jpg$")
+    return {"train": _find(root, r"/images/(train|test)/[^/]+\.jpg$"),
+            "valid": [p for p in val if p.stem not in BSD68_IDS]}
 
 
 def read_bsds500(root: Path, spec) -> dict[str, Iterator[dict]]:
-    """BSDS500 training set for denoising: images/train (200) + images/test (200) = 400 (DnCNN's 400).
+    """BSDS500 for denoising: train = images/train (200) + images/test (200) = 400 (DnCNN's 400); valid = the 32
+    images of images/val that are not in CBSD68 (for choosing the sampling temperature; our split, not the paper's).
 
-    CBSD68 (the test set) lies inside BSDS500's val folder, which is therefore left out (Zhang et al. 2017).
-    63 train images are stored rotated 90 degrees relative to their groundTruth (BSR/ROTATED_TRAIN_IMAGES.txt);
-    clean images alone carry no orientation, so they are kept as stored.
+    CBSD68 (the test set) lies inside BSDS500's val folder, whose 68 CBSD68 images are therefore left out of both
+    (Zhang et al. 2017 train on the 400 alone). 63 train images are stored rotated 90 degrees relative to their
+    groundTruth (BSR/ROTATED_TRAIN_IMAGES.txt); clean images alone carry no orientation, so they are kept as stored.
     """
     return {split: _clean_folder(files, root, "denoise") for split, files in bsds500_files(root).items()}
 

@@ -71,7 +71,7 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in [
         "lfw-funneled.tgz": None}, citation="Kae et al. 2013"),
     _d("bsds500", "denoise",
        "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/resources.html",
-       "read_bsds500", {"train": 400},
+       "read_bsds500", {"train": 400, "valid": 32},
        {"BSR_bsds500.tgz": None, "BSDS500.zip": "0b9fcf4162e4c2518b6b57b36f5d0083b7cdb058e6c9590a1a8a15a0dc5361e4"},
        citation="Arbelaez et al. 2011"),
     _d("cbsd68", "denoise", "https://github.com/clausmichele/CBSD68-dataset", "read_cbsd68", {"test": 68},
