@@ -77,15 +77,15 @@ def sweep_splits(exp, dataset: str | None = None) -> dict[str, dict[str, Any]]:
 
 
 def sweep_experiment(exp, model, data_dir: str | Path, temperatures: Sequence[float], *, seed: int = 0,
-                     dataset: str | None = None) -> dict:
-    """``{split name: {temperature: summary}}`` over ``sweep_splits(exp, dataset)``, the sweep split first;
-    predictions are the mean of ``sweep.n_samples`` (else ``eval.n_samples``) samples at that temperature.
+                     splits: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
+    """``{split name: {temperature: summary}}`` over ``splits`` (default ``sweep_splits(exp)``), the sweep split
+    first; predictions are the mean of ``sweep.n_samples`` (else ``eval.n_samples``) samples at that temperature.
 
     A temperature at which some image has no finite draw at all (``evaluate_split``'s FloatingPointError: the
     prior's tails overflow float32) is recorded as ``{"failed": reason}`` for that split rather than ending the
     sweep: it has no prediction, so ``select_temperature`` never chooses it."""
     n_samples = exp.sweep.n_samples or exp.eval.n_samples
-    splits = sweep_splits(exp, dataset)
+    splits = sweep_splits(exp) if splits is None else splits
     results: dict[str, dict[float, dict]] = {name: {} for name in splits}
     for t in temperatures:
         print(f"[{exp.name}] sweep: temperature {float(t):g}", file=sys.stderr, flush=True)

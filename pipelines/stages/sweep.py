@@ -97,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
 
     # The sweep split is read from sweeps.<exp>.dataset (e.g. a training set's held-out split), else the eval set.
     dataset = entry.dataset if entry is not None else None
-    by_split = sweep_experiment(exp, model, args.data, temps, seed=args.seed, dataset=dataset)
     splits = sweep_splits(exp, dataset)
+    by_split = sweep_experiment(exp, model, args.data, temps, seed=args.seed, splits=splits)
     split = next(iter(splits))
     results = by_split[split]
     metrics, best_at, records = sweep_outputs(task, by_split)
