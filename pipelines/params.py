@@ -232,10 +232,16 @@ class EvalParams:
     extra_splits: dict = field(default_factory=dict)
 
 
+#: ``sweep.split`` naming the ``data.holdout`` samples of the training split rather than a split of the shards.
+HOLDOUT_SPLIT = "holdout"
+
+
 @dataclass(frozen=True)
 class SweepParams:
     temperatures: tuple = (0.0, 0.5, 0.8, 1.0)
     n_samples: Optional[int] = field(default=None, metadata=POSITIVE)
+    # The split a temperature is chosen on (default the eval split). "holdout": the last data.holdout samples of
+    # data.train_split, the ones train.select picks the checkpoint on (a training set without a validation split).
     split: Optional[str] = None
     # Score only the sweep split's first N images (shard order, whole batches of eval.batch_size): a temperature
     # is chosen on a large validation split (the CelebA subset's 1,000) at a fraction of its cost.
@@ -588,6 +594,9 @@ def parse_params(raw: Mapping, overrides=(), experiment: str | None = None, sour
         if exp.train.select and not exp.data.holdout:
             raise ParamsError(f"{path}.train.select: model selection needs held-out samples; set "
                               f"{path}.data.holdout to how many of {exp.data.train_split!r} to hold out")
+        if exp.sweep.split == HOLDOUT_SPLIT and not exp.data.holdout:
+            raise ParamsError(f"{path}.sweep.split: {HOLDOUT_SPLIT!r} is the held-out tail of "
+                              f"{exp.data.train_split!r}; set {path}.data.holdout to how many samples it holds")
         if exp.train.batch_size % exp.scaling.num_workers:
             raise ParamsError(f"{path}.train.batch_size: {exp.train.batch_size} is not divisible by "
                               f"scaling.num_workers={exp.scaling.num_workers} (the global batch is split evenly)")

@@ -86,8 +86,9 @@ def evaluate_experiment(exp, model, data_dir: str | Path, *, seed: int = 0, n_sa
                         temperature: float | None = None, splits: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
     """Evaluate ``model`` for experiment ``exp`` (``ExperimentParams``) on ``splits`` (default ``eval_splits``).
 
-    ``splits`` maps a result name to ``{dataset, split[, size, batch_size, bpd_crops, max_images]}``
-    (``max_images``: the split's first images only, rounded up to whole batches; a sweep's cap); ``n_samples``
+    ``splits`` maps a result name to ``{dataset, split[, size, batch_size, bpd_crops, max_images, holdout]}``
+    (``max_images``: the split's first images only, rounded up to whole batches; a sweep's cap; ``holdout``: N,
+    the split's last N samples only, those a training run held out); ``n_samples``
     and ``temperature`` default to the experiment's ``eval`` section. Returns ``{name: summary}``, each summary
     with its ``dataset`` and ``split``.
     """
@@ -108,6 +109,8 @@ def evaluate_experiment(exp, model, data_dir: str | Path, *, seed: int = 0, n_sa
             if spec["size"]:
                 kwargs["size"] = spec["size"]
         batch_size = spec.get("batch_size", exp.eval.batch_size)
+        if spec.get("holdout"):  # the training split's held-out tail (sweep.split: holdout)
+            kwargs.update(holdout=int(spec["holdout"]), held_out=True)
         loader = make_loader(dest, split, exp.task, batch_size=batch_size,
                              train=False, rank=0, world_size=1, num_workers=0, seed=seed, **kwargs)
         max_batches, total = exp.eval.max_batches, loader.num_samples

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from pipelines.evaluation.experiment import dataset_folder, eval_dataset, eval_splits, evaluate_experiment
+from pipelines.params import HOLDOUT_SPLIT
 from pipelines.tasks import Task, display_input, get_task
 
 GRID_INPUTS = 4  # rows of the temperature grid
@@ -62,9 +63,16 @@ def sweep_splits(exp, dataset: str | None = None) -> dict[str, dict[str, Any]]:
     ``sweeps.<exp>.dataset`` of params.yaml, e.g. a training set's held-out split; default the eval dataset),
     then, unless ``sweep.extra_splits`` is off, ``eval.extra_splits`` (the SR test sets, so each temperature's
     test scores are on record). Bits/dim is not what a sweep is for, so extra splits take it over whole images
-    rather than ``bpd_crops``. ``sweep.max_images`` caps the sweep split (its first images, in shard order)."""
+    rather than ``bpd_crops``. ``sweep.max_images`` caps the sweep split (its first images, in shard order).
+    ``sweep.split: holdout`` is the training split's last ``data.holdout`` samples (``train.select``'s)."""
     split = sweep_split(exp)
-    first = {"dataset": dataset or eval_dataset(exp), "split": split}
+    if split == HOLDOUT_SPLIT:
+        if dataset not in (None, exp.data.dataset):
+            raise ValueError(f"sweeps.{exp.name}.dataset: {dataset!r}, but sweep.split {HOLDOUT_SPLIT!r} is held "
+                             f"out of the training set {exp.data.dataset!r}")
+        first = {"dataset": exp.data.dataset, "split": exp.data.train_split, "holdout": exp.data.holdout}
+    else:
+        first = {"dataset": dataset or eval_dataset(exp), "split": split}
     if exp.sweep.max_images:
         first["max_images"] = exp.sweep.max_images
     out = {split: first}
@@ -120,9 +128,11 @@ def grid_batch(exp, data_dir: str | Path, *, seed: int = 0, dataset: str | None 
 
     from pipelines.data.loader import loader_options, make_loader
 
-    folder = dataset_folder(data_dir, dataset or eval_dataset(exp), exp.data.dataset)
-    loader = make_loader(folder, sweep_split(exp), exp.task,
-                         batch_size=1, train=False, seed=seed, **loader_options(exp.data, train=False))
+    spec = sweep_splits(exp, dataset)[sweep_split(exp)]
+    folder = dataset_folder(data_dir, spec["dataset"], exp.data.dataset)
+    held = {"holdout": spec["holdout"], "held_out": True} if spec.get("holdout") else {}
+    loader = make_loader(folder, spec["split"], exp.task, batch_size=1, train=False, seed=seed, **held,
+                         **loader_options(exp.data, train=False))
     items = list(islice(iter(loader), GRID_INPUTS))
     if not items:
         raise ValueError(f"{exp.name}: the sweep split {sweep_split(exp)!r} has no samples for the grid")

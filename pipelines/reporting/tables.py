@@ -220,8 +220,15 @@ def computed_rows(table: str, evals: Iterable[Mapping], scores: Iterable[Mapping
             if table == "cglow_table2" and primary.get("superpixels") == "slic":
                 row["notes"] = "; ".join(filter(None, [row.get("notes"), "SLIC super-pixels (shards carry none)"]))
             rows.append(row)
-        elif table in ("cglow_table3", "cglow_table4", "cglow_table5"):
+        elif table in ("cglow_table3", "cglow_table4"):
             rows.append(_row(ev, source, method=label, psnr=_num(primary.get("psnr"))))
+        elif table == "cglow_table5":
+            if "psnr_block" in primary:
+                rows.append(_row(ev, source, method=label, psnr=_num(primary.get("psnr")),
+                                 psnr_block=_num(primary.get("psnr_block"))))
+            else:  # evaluated before the whole-image PSNR existed: its psnr is the block's
+                rows.append(_row(ev, source, method=label, psnr=None, psnr_block=_num(primary.get("psnr")),
+                                 notes="evaluated before the whole-image PSNR: block only"))
     for sc in scores:
         source = f"computed (cnf score --method {sc.get('method')}, no training; {sc.get('profile')} profile)"
         if table == "winkler_table2" and sc.get("task") == "sr" and sc.get("method") == "bicubic":

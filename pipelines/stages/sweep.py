@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
             "mlflow_run_id": run_id, "split": split, "dataset": splits[split]["dataset"],
             "n_samples": exp.sweep.n_samples or exp.eval.n_samples, "temperatures": temps,
             "splits": {name: {"dataset": spec["dataset"], "split": spec.get("split", "test"),
+                              **({"holdout": spec["holdout"]} if spec.get("holdout") else {}),
                               "n": next((s["n"] for s in by_split[name].values() if "n" in s), None)}
                        for name, spec in splits.items()},
             # Temperatures without a prediction (every draw of some image overflowed float32): never chosen.

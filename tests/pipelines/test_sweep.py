@@ -287,3 +287,49 @@ def test_denoising_sweep_reads_the_training_sets_valid_split_caps_it_and_skips_a
     curves = json.loads((tmp_path / "curves.json").read_text())
     assert {r["temperature"] for r in curves} == {0.0, 1.0}
     assert info["selection"]["temperature"] in (0.0, 1.0) and info["selection"]["dataset"] == "bsds500"
+
+
+def test_horses_sweep_chooses_on_the_training_sets_held_out_tail(tmp_path):
+    """``sweep.split: holdout``: the temperature is chosen on the last ``data.holdout`` training samples (those
+    ``train.select`` picks the checkpoint on), never on the test set; without held-out samples it is refused."""
+    from flowlib.checkpoint import save_checkpoint
+    from flowlib.models import build_model
+    from pipelines.data.loader import make_loader
+    from pipelines.evaluation.sweep import sweep_splits
+    from pipelines.params import ParamsError, parse_params
+    from pipelines.stages import fetch
+
+    data = tmp_path / "data"
+    fetch.fetch("horses", "demo", str(data / "horses"))
+    exp = {"paper": "lu2020", "table": ["cglow_table1"], "task": "horses",
+           "data": {"dataset": "horses", "size": 16, "holdout": 2},
+           "model": {"family": "cglow", "levels": 1, "steps": 1, "hidden": 8, "cond_hidden": 8},
+           "eval": {"n_samples": 2, "batch_size": 1},
+           "sweep": {"temperatures": [0.0, 1.0], "split": "holdout", "extra_splits": False}}
+    params = {"profile": "demo", "datasets": {"horses": {"source": "demo"}}, "experiments": {"h": exp},
+              "sweeps": {"h": {"dataset": "horses", "select": "iou"}}}
+    parsed = parse_params(params).experiment("h")
+    assert sweep_splits(parsed) == {"holdout": {"dataset": "horses", "split": "train", "holdout": 2}}
+    with pytest.raises(ValueError, match=r"sweeps.h.dataset: 'drive'.*held out of the training set 'horses'"):
+        sweep_splits(parsed, "drive")
+    with pytest.raises(ParamsError, match=r"experiments.h.sweep.split: 'holdout' is the held-out tail of 'train'; "
+                                          r"set experiments.h.data.holdout"):
+        parse_params(params, ["experiments.h.data.holdout=0"])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    held = [b for b in make_loader(str(data / "horses"), "train", "horses", 1, train=False, size=16, holdout=2,
+                                   held_out=True)]
+    torch.manual_seed(0)
+    model = build_model("cglow", "binary", tuple(held[0]["y"].shape[1:]), tuple(held[0]["x"].shape[1:]), levels=1,
+                        steps=1, hidden=8, cond_hidden=8)
+    save_checkpoint(tmp_path / "model.pt", model)
+    assert cli.main(["sweep", "h", "--params", str(tmp_path / "params.yaml"), "--model", str(tmp_path / "model.pt"),
+                     "--data", str(data), "--train-info", str(tmp_path / "none.json"), "--out",
+                     str(tmp_path / "sweep.json"), "--info-out", str(tmp_path / "info.json"), "--plots-out",
+                     str(tmp_path / "curves.json"), "--figures", str(tmp_path / "figs")]) == 0
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert info["splits"] == {"holdout": {"dataset": "horses", "split": "train", "holdout": 2, "n": 2}}
+    assert info["grid_keys"] == [k for b in held for k in b["key"]]  # the held-out horses, not the test ones
+    test_keys = {k for b in make_loader(str(data / "horses"), "test", "horses", 1, train=False, size=16)
+                 for k in b["key"]}
+    assert not set(info["grid_keys"]) & test_keys
+    assert info["selection"]["split"] == "holdout" and info["selection"]["temperature"] in (0.0, 1.0)

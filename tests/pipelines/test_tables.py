@@ -25,6 +25,8 @@ EXPERIMENTS = {
     "horses64_cglow": ("lu2020", ["cglow_table1"], "horses", "cglow", None, "horses", 24,
                        {"iou": 0.5, "iou_fg": 0.4, "bpd": 0.9}, {}),
     "denoise_cglow": ("lu2020", ["cglow_table3"], "denoise", "cglow", None, "bsds500", 16, {"psnr": 20.5}, {}),
+    "inpaint_cglow": ("lu2020", ["cglow_table5"], "inpaint", "cglow", None, "celeba_subset", 16,
+                      {"psnr": 21.5, "psnr_block": 15.48, "bpd": 3.5}, {}),
 }
 
 
@@ -38,7 +40,8 @@ def write_result(root, kind: str, name: str, metrics: dict, info: dict) -> None:
 def write_params(root, experiments, scores) -> Path:
     import yaml
 
-    datasets = {d: {"source": "demo"} for d in ("drive", "imagenet64", "set5", "horses", "bsds500")}
+    datasets = {d: {"source": "demo"} for d in ("drive", "imagenet64", "set5", "horses", "bsds500",
+                                                    "celeba_subset")}
     params = {"profile": "demo", "datasets": datasets, "scores": scores,
               "experiments": {name: {"paper": paper, "table": tbls, "task": task,
                                      "data": {"dataset": dataset, **({"size": size} if size else {})},
@@ -111,7 +114,7 @@ def test_tables_cite_existing_runs_beside_reported_rows(store):
         theirs = df[df["source"].str.startswith("reported")]
         assert len(theirs) == len(reported.TABLES[csv.stem]["rows"])
         assert theirs["mlflow_run_id"].isna().all()
-    assert computed_total == 7  # 2 DRIVE + human + table1 + Set5 + horses + denoise
+    assert computed_total == 8  # 2 DRIVE + human + table1 + Set5 + horses + denoise + inpainting
 
     t3 = pd.read_csv(out / "winkler_table3.csv")
     human = t3[(t3["method"] == "Human")]
@@ -126,6 +129,11 @@ def test_tables_cite_existing_runs_beside_reported_rows(store):
     ours = t2[t2["source"].str.startswith("computed")]
     assert ours[["dataset", "method"]].values.tolist() == [["Set5", "CNF"]]
     assert ours["psnr"].item() == 26.0
+
+    t5 = pd.read_csv(out / "cglow_table5.csv")  # both PSNR regions, the whole image in the paper's column
+    ours = t5[t5["source"].str.startswith("computed")]
+    assert ours[["psnr", "psnr_block"]].values.tolist() == [[21.5, 15.48]]
+    assert t5[t5["method"] == "c-Glow"]["psnr"].tolist()[0] == 24.88
 
     t1 = pd.read_csv(out / "cglow_table1.csv")
     row = t1[t1["source"].str.startswith("computed")].iloc[0]

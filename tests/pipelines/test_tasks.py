@@ -171,9 +171,32 @@ def test_inpainting_target_is_the_centre_block_and_x_hides_it():
     assert sample.mask.shape == (1, 8, 8) and sample.mask.all()  # all of y is the scored region
     assert sample.x.shape == (3, 16, 16) and np.all(sample.x[:, 4:12, 4:12] == 0)
     np.testing.assert_allclose(sample.x[:, :4], image[:4].transpose(2, 0, 1) / 255.0, atol=1e-6)
-    scorer = task.scorer()  # PSNR of the block: a perfect block scores inf whatever x shows
-    scorer.add_prediction("k", sample.y, sample.y, sample.mask[0] > 0.5)
-    assert scorer.summary()["psnr"] == np.inf
+    scorer = task.scorer()  # a perfect block scores inf in both regions whatever x shows
+    scorer.add_prediction("k", sample.y, sample.y, sample.mask[0] > 0.5, x=sample.x)
+    assert scorer.summary()["psnr"] == np.inf and scorer.summary()["psnr_block"] == np.inf
+
+
+def test_inpainting_psnr_of_the_composited_image_and_of_the_block():
+    """psnr: the whole image with the predicted block put back (only the block errs); psnr_block: the block."""
+    from skimage.metrics import peak_signal_noise_ratio as sk_psnr
+
+    task = get_task("inpaint")
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    sample = task.prepare({"target.png": image}, key="k", train=False, rng=key_rng("k"), size=16)
+    guess = np.clip(sample.y + rng.normal(0, 20, sample.y.shape), 0, 255)
+    scorer = task.scorer()
+    scorer.add_prediction("k", guess, sample.y, sample.mask[0] > 0.5, x=sample.x)
+    out = scorer.summary()
+    whole = image.transpose(2, 0, 1).astype(np.float64)
+    pasted = whole.copy()
+    pasted[:, 4:12, 4:12] = np.rint(guess)
+    assert out["psnr"] == pytest.approx(sk_psnr(whole, pasted, data_range=255))
+    assert out["psnr_block"] == pytest.approx(sk_psnr(sample.y.astype(np.float64), np.rint(guess), data_range=255))
+    assert out["psnr"] - out["psnr_block"] == pytest.approx(10 * np.log10(4))  # a quarter of the pixels hidden
+    bare = task.scorer()  # without x (a bare block) only the block can be scored
+    bare.add_prediction("k", guess, sample.y, sample.mask[0] > 0.5)
+    assert "psnr" not in bare.summary() and bare.summary()["psnr_block"] == pytest.approx(out["psnr_block"])
 
 
 def test_horses_target_is_the_mask_tiled_three_times():
@@ -342,7 +365,7 @@ def test_every_scorer_scores_a_perfect_prediction_perfectly(name):
     out = _perfect(task)
     assert out["n"] == 2 and out["keys"] == ["k0", "k1"] and out["bpd"] > 0
     assert all(metric in out for metric in task.summary_metrics)
-    perfect = {"psnr": np.inf, "ssim": 1.0, "f1": 1.0, "precision": 1.0, "recall": 1.0, "iou": 1.0, "iou_fg": 1.0,
+    perfect = {"psnr": np.inf, "psnr_block": np.inf, "ssim": 1.0, "f1": 1.0, "precision": 1.0, "recall": 1.0, "iou": 1.0, "iou_fg": 1.0,
                "spa": 1.0, "pixel_accuracy": 1.0}
     for metric in task.summary_metrics[1:]:
         assert out[metric] == pytest.approx(perfect[metric]), metric
