@@ -248,6 +248,15 @@ def test_grid_batch_keeps_native_sizes_of_the_sr_validation_split(shared_dataset
         assert x.shape[0] == 1 and y.shape[-2:] == (2 * x.shape[-2], 2 * x.shape[-1])
 
 
+def _sweep_cli(name: str, tmp_path, data) -> dict:
+    """`cnf sweep <name>` with tmp_path's params.yaml and model.pt; returns the info file it wrote."""
+    assert cli.main(["sweep", name, "--params", str(tmp_path / "params.yaml"), "--model", str(tmp_path / "model.pt"),
+                     "--data", str(data), "--train-info", str(tmp_path / "none.json"), "--out",
+                     str(tmp_path / "sweep.json"), "--info-out", str(tmp_path / "info.json"), "--plots-out",
+                     str(tmp_path / "curves.json"), "--figures", str(tmp_path / "figs")]) == 0
+    return json.loads((tmp_path / "info.json").read_text())
+
+
 def test_denoising_sweep_reads_the_training_sets_valid_split_caps_it_and_skips_an_overflowing_temperature(
         tmp_path):
     """c-Glow denoising tests on CBSD68 but chooses its temperature on bsds500's held-out valid split (the
@@ -275,11 +284,7 @@ def test_denoising_sweep_reads_the_training_sets_valid_split_caps_it_and_skips_a
     model = build_model("cglow", "continuous", tuple(b["y"].shape[1:]), tuple(b["x"].shape[1:]), levels=1,
                         steps=1, hidden=8, cond_hidden=8, residual=1.0)
     save_checkpoint(tmp_path / "model.pt", model)
-    assert cli.main(["sweep", "dn", "--params", str(tmp_path / "params.yaml"), "--model", str(tmp_path / "model.pt"),
-                     "--data", str(data), "--train-info", str(tmp_path / "none.json"), "--out",
-                     str(tmp_path / "sweep.json"), "--info-out", str(tmp_path / "info.json"), "--plots-out",
-                     str(tmp_path / "curves.json"), "--figures", str(tmp_path / "figs")]) == 0
-    info = json.loads((tmp_path / "info.json").read_text())
+    info = _sweep_cli("dn", tmp_path, data)
     assert info["dataset"] == "bsds500" and info["splits"] == {"valid": {"dataset": "bsds500", "split": "valid",
                                                                          "n": 1}}
     assert info["grid_keys"] == ["300000", "307919"]  # the grid is the valid split's too (uncapped), not CBSD68's
@@ -322,11 +327,7 @@ def test_horses_sweep_chooses_on_the_training_sets_held_out_tail(tmp_path):
     model = build_model("cglow", "binary", tuple(held[0]["y"].shape[1:]), tuple(held[0]["x"].shape[1:]), levels=1,
                         steps=1, hidden=8, cond_hidden=8)
     save_checkpoint(tmp_path / "model.pt", model)
-    assert cli.main(["sweep", "h", "--params", str(tmp_path / "params.yaml"), "--model", str(tmp_path / "model.pt"),
-                     "--data", str(data), "--train-info", str(tmp_path / "none.json"), "--out",
-                     str(tmp_path / "sweep.json"), "--info-out", str(tmp_path / "info.json"), "--plots-out",
-                     str(tmp_path / "curves.json"), "--figures", str(tmp_path / "figs")]) == 0
-    info = json.loads((tmp_path / "info.json").read_text())
+    info = _sweep_cli("h", tmp_path, data)
     assert info["splits"] == {"holdout": {"dataset": "horses", "split": "train", "holdout": 2, "n": 2}}
     assert info["grid_keys"] == [k for b in held for k in b["key"]]  # the held-out horses, not the test ones
     test_keys = {k for b in make_loader(str(data / "horses"), "test", "horses", 1, train=False, size=16)
