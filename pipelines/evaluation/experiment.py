@@ -82,6 +82,12 @@ def eval_splits(exp) -> dict[str, dict[str, Any]]:
     return splits
 
 
+def held_out_options(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``make_loader`` options that read only the last ``spec["holdout"]`` samples of the split (the ones a
+    training run held out, ``sweep.split: holdout``); none for a split read whole."""
+    return {"holdout": int(spec["holdout"]), "held_out": True} if spec.get("holdout") else {}
+
+
 def evaluate_experiment(exp, model, data_dir: str | Path, *, seed: int = 0, n_samples: int | None = None,
                         temperature: float | None = None, splits: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
     """Evaluate ``model`` for experiment ``exp`` (``ExperimentParams``) on ``splits`` (default ``eval_splits``).
@@ -109,8 +115,7 @@ def evaluate_experiment(exp, model, data_dir: str | Path, *, seed: int = 0, n_sa
             if spec["size"]:
                 kwargs["size"] = spec["size"]
         batch_size = spec.get("batch_size", exp.eval.batch_size)
-        if spec.get("holdout"):  # the training split's held-out tail (sweep.split: holdout)
-            kwargs.update(holdout=int(spec["holdout"]), held_out=True)
+        kwargs.update(held_out_options(spec))
         loader = make_loader(dest, split, exp.task, batch_size=batch_size,
                              train=False, rank=0, world_size=1, num_workers=0, seed=seed, **kwargs)
         max_batches, total = exp.eval.max_batches, loader.num_samples

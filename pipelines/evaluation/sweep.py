@@ -16,7 +16,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from pipelines.evaluation.experiment import dataset_folder, eval_dataset, eval_splits, evaluate_experiment
+from pipelines.evaluation.experiment import (dataset_folder, eval_dataset, eval_splits, evaluate_experiment,
+                                             held_out_options)
 from pipelines.params import HOLDOUT_SPLIT
 from pipelines.tasks import Task, display_input, get_task
 
@@ -120,19 +121,20 @@ def select_temperature(results: Mapping[float, Mapping[str, Any]], metric: str) 
     return min(sorted(scored), key=lambda t: sign * float(scored[t]))
 
 
-def grid_batch(exp, data_dir: str | Path, *, seed: int = 0, dataset: str | None = None) -> dict:
-    """The first ``GRID_INPUTS`` samples of the sweep split (of ``dataset``, default the eval dataset), as the
-    evaluation loader reads them: one batch when they share a shape, else ``x`` and ``y`` are lists of
-    ``(1, C, H, W)`` tensors (native-size images, e.g. the SR validation split, which no batch can hold)."""
+def grid_batch(exp, data_dir: str | Path, *, seed: int = 0, dataset: str | None = None,
+               spec: Mapping[str, Any] | None = None) -> dict:
+    """The first ``GRID_INPUTS`` samples of the sweep split (``spec``, an entry of :func:`sweep_splits`; default
+    the sweep split of ``dataset``, else of the eval dataset), as the evaluation loader reads them: one batch
+    when they share a shape, else ``x`` and ``y`` are lists of ``(1, C, H, W)`` tensors (native-size images,
+    e.g. the SR validation split, which no batch can hold)."""
     from itertools import islice
 
     from pipelines.data.loader import loader_options, make_loader
 
-    spec = sweep_splits(exp, dataset)[sweep_split(exp)]
+    spec = sweep_splits(exp, dataset)[sweep_split(exp)] if spec is None else spec
     folder = dataset_folder(data_dir, spec["dataset"], exp.data.dataset)
-    held = {"holdout": spec["holdout"], "held_out": True} if spec.get("holdout") else {}
-    loader = make_loader(folder, spec["split"], exp.task, batch_size=1, train=False, seed=seed, **held,
-                         **loader_options(exp.data, train=False))
+    loader = make_loader(folder, spec["split"], exp.task, batch_size=1, train=False, seed=seed,
+                         **held_out_options(spec), **loader_options(exp.data, train=False))
     items = list(islice(iter(loader), GRID_INPUTS))
     if not items:
         raise ValueError(f"{exp.name}: the sweep split {sweep_split(exp)!r} has no samples for the grid")

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     results = by_split[split]
     metrics, best_at, records = sweep_outputs(task, by_split)
 
-    batch = grid_batch(exp, args.data, seed=args.seed, dataset=dataset)
+    batch = grid_batch(exp, args.data, seed=args.seed, spec=splits[split])
     rows = temperature_grid(model, batch, temps, task, args.seed)
     columns = ["input", *[f"T={t:g}" for t in temps], "truth"]
     keys = [k for k in task.summary_metrics if k != "bpd"] or ["bpd"]
