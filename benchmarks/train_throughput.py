@@ -91,7 +91,7 @@ def main() -> int:
     names = args.experiments or list(params.experiments)
     tmp = tempfile.TemporaryDirectory(prefix="train-bench-")
     work = Path(tmp.name)
-    data_root = Path(args.data_root or work / "data")
+    data_root = Path(args.data_root or work / "data").resolve()  # the runs start in their own folders
     needed = sorted({params.experiment(n).data.dataset for n in names}
                     | ({params.experiment(args.scaling_experiment).data.dataset} if args.scaling_experiment else set()))
     for ds in needed:
