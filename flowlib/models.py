@@ -99,7 +99,9 @@ _FLOW_DISCRETE = {
     "dequantizer_steps": Option(int, "coupling steps of the variational/binary dequantizer (2)", positive=True),
     "dequantizer_hidden": Option(int, "width of the dequantizer (= hidden)", positive=True),
     "num_classes": Option(int, "classes K of a categorical target (required there)", positive=True),
-    "residual": Option(float, "continuous y with x of y's shape: the flow models y - residual * x"),
+    "residual": Option(float, "the flow models y - residual * x: continuous y with x of y's shape, or 8-bit y "
+                              "with x of y's channels (resized to y's grid, bicubic: SR's residual to the "
+                              "upsampled input)"),
     "coupling": Option(str, "coupling layer", COUPLINGS),
     "subnet": Option(str, "coupling subnet", SUBNETS),
 }
@@ -309,6 +311,13 @@ class FlowModel(StructuredModel):
     ``K`` channels first (each a binary variable). With ``residual = a`` (continuous targets whose ``x`` has
     ``y``'s shape) the flow models ``y - a x``, c-Glow's residual form for denoising (Lu & Huang 2020, sec. 5.4,
     after Zhang et al. 2017): a translation by ``a x`` has Jacobian 1, so ``log p(y|x) = log p_flow(y - a x | x)``.
+    For 8-bit ``y`` (``x`` on [0, 1] with ``y``'s channels) the translation acts on the centred unit scale,
+
+    .. math:: \log p(v|x) = \log p_{\text{flow}}\big(v - \tfrac12 - a\,(\uparrow\! x - \tfrac12) \,\big|\, x\big),
+
+    with ``\uparrow x`` the bicubic resize of ``x`` to ``y``'s grid: for super-resolution the flow then models the
+    residual to the bicubic upsampling (VDSR's residual learning, Kim et al. 2016; a choice of ours, Winkler et
+    al. model ``v`` itself). Again Jacobian 1, so the bits/dim are those of ``y``.
     Sources: Winkler et al. 2019, sec. 2.1, 3.2 and 5; Lu & Huang 2020, sec. 4.2.
     """
 
@@ -325,13 +334,23 @@ class FlowModel(StructuredModel):
         self.memory_format = torch.contiguous_format
 
     def _offset(self, x: Tensor, like: Tensor) -> Tensor | float:
-        """``a x``, the part of ``y`` the flow does not model (0 unless ``residual``)."""
+        """The part of the flow's variable it does not model (0 unless ``residual``), on ``like``'s scale.
+
+        Continuous ``y``: ``a x`` (``x`` of ``y``'s shape). 8-bit ``y``: ``a (resize(x) - 1/2)`` on the centred
+        unit scale of ``v - 1/2``, ``x`` resized bicubically to ``like``'s grid where the grids differ.
+        """
         if self.residual is None:
             return 0.0
-        if x.shape != like.shape:
-            raise ValueError(f"{type(self).__name__}: residual={self.residual} needs x of y's shape; got x "
+        same_grid = x.shape[-2:] == like.shape[-2:]
+        if x.shape[:2] != like.shape[:2] or (self.dequantizer is None and not same_grid):
+            raise ValueError(f"{type(self).__name__}: residual={self.residual} needs x of y's "
+                             f"{'channels' if self.dequantizer is not None else 'shape'}; got x "
                              f"{tuple(x.shape)} and y {tuple(like.shape)}")
-        return self.residual * x
+        if self.dequantizer is None:
+            return self.residual * x
+        if not same_grid:
+            x = F.interpolate(x.float(), size=tuple(like.shape[-2:]), mode="bicubic", align_corners=False)
+        return self.residual * (x.to(like.dtype) - 0.5)
 
     def _flow_target(self, y: Tensor) -> Tensor:
         if self.target == "categorical":
@@ -359,7 +378,7 @@ class FlowModel(StructuredModel):
         if self.dequantizer is None:
             return self.flow.log_prob(y - self._offset(x, y), x)
         v, log_q = self.dequantizer.dequantize(self._flow_target(y), x)
-        return self.flow.log_prob(v - 0.5, x) - log_q
+        return self.flow.log_prob(v - 0.5 - self._offset(x, v), x) - log_q
 
     def nll(self, y: Tensor, x: Tensor) -> Tensor:
         """Negative ``log_likelihood`` (the negative dequantization bound for discrete targets), shape (B,)."""
@@ -376,8 +395,9 @@ class FlowModel(StructuredModel):
 
     def _to_data(self, v: Tensor, x: Tensor) -> Tensor:
         """A flow sample ``v`` (given ``x``) in data space."""
+        v = v + self._offset(x, v)
         if self.dequantizer is None:
-            return v + self._offset(x, v)
+            return v
         v = v + 0.5
         if self.target == "categorical":
             return v.argmax(dim=1, keepdim=True).to(v.dtype)
@@ -521,9 +541,12 @@ def build_model(family: str, target: str, y_shape: Sequence[int], x_shape: Seque
 
     residual = opts.pop("residual", None)
     if residual is not None:
-        if target != "continuous" or list(x_shape) != list(y_shape):
-            raise ValueError(f"build_model: option residual is for target='continuous' with x_shape == y_shape; "
-                             f"got target={target!r}, y_shape {y_shape}, x_shape {x_shape}")
+        fits = ((target == "continuous" and list(x_shape) == list(y_shape))
+                or (target == "image8" and x_shape[0] == y_shape[0]))
+        if not fits:
+            raise ValueError(f"build_model: option residual is for target='continuous' with x_shape == y_shape "
+                             f"or target='image8' with x of y's channels; got target={target!r}, "
+                             f"y_shape {y_shape}, x_shape {x_shape}")
         if not math.isfinite(float(residual)):
             raise ValueError(f"build_model: option residual must be a finite number, got {residual!r}")
     if target == "continuous":

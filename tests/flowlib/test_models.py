@@ -303,8 +303,41 @@ def test_residual_flow_models_y_minus_ax_with_unit_jacobian():
     torch.testing.assert_close(rebuilt.log_likelihood(y, x), model.log_likelihood(y, x))
 
 
-@pytest.mark.parametrize("family,target,x_shape", [("cnf", "image8", (3, 8, 8)), ("cnf", "continuous", (3, 4, 4)),
-                                                     ("factorized", "continuous", (3, 8, 8))])
+def test_sr_residual_flow_models_v_minus_the_bicubic_upsampled_x():
+    """8-bit y given a smaller x: the flow models v - 1/2 - a (bicubic(x) - 1/2), a translation of Jacobian 1,
+    so log p(y|x) is the flow's density of that residual less log q, and a T = 0 decode is the upsampled x plus
+    the flow's own T = 0 decode (SR's residual learning)."""
+    import torch.nn.functional as F
+
+    model = build_model("cnf", "image8", (3, 8, 8), (3, 4, 4), residual=1.0, **TINY["cnf"]).double()
+    randomize(model, 0.1, seed=5)
+    y = torch.randint(0, 256, (2, 3, 8, 8)).double()
+    x = torch.rand(2, 3, 4, 4, dtype=torch.float64)
+    up = F.interpolate(x, size=(8, 8), mode="bicubic", align_corners=False)
+    torch.manual_seed(11)
+    got = model.log_likelihood(y, x)
+    torch.manual_seed(11)
+    v, log_q = model.dequantizer.dequantize(y, x)
+    torch.testing.assert_close(got, model.flow.log_prob(v - up, x) - log_q)
+    # the same model without the translation scores v itself: the offset is really applied
+    plain = build_model("cnf", "image8", (3, 8, 8), (3, 4, 4), **TINY["cnf"]).double()
+    plain.load_state_dict(model.state_dict())
+    torch.manual_seed(11)
+    assert not torch.allclose(plain.log_likelihood(y, x), got)
+    s = model.sample(x, temperature=0.0)
+    expected = torch.clamp(torch.floor((model.flow.sample(x, temperature=0.0) + up) * 256), 0, 255)
+    torch.testing.assert_close(s, expected)
+    # test-time sizes: x of any grid is resized to y's (here 16x16 from 8x8)
+    assert model.sample(torch.rand(1, 3, 8, 8, dtype=torch.float64), 0.0).shape == (1, 3, 16, 16)
+    rebuilt = build_model(**model.config).double()
+    rebuilt.load_state_dict(model.state_dict())
+    torch.manual_seed(11)
+    torch.testing.assert_close(rebuilt.log_likelihood(y, x), got)
+
+
+@pytest.mark.parametrize("family,target,x_shape", [("cnf", "image8", (1, 4, 4)), ("cnf", "continuous", (3, 4, 4)),
+                                                     ("factorized", "continuous", (3, 8, 8)),
+                                                     ("cnf", "binary", (1, 8, 8))])
 def test_residual_is_rejected_where_it_means_nothing(family, target, x_shape):
     opts = {} if family == "factorized" else {"levels": 1, "steps": 1}
     with pytest.raises(ValueError, match="residual"):
