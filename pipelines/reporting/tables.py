@@ -180,6 +180,14 @@ def _temperature_note(ev: Mapping) -> str:
     return f"temperature {ev.get('temperature')} from eval.temperature (no sweep selection)"
 
 
+def _residual_note(ev: Mapping) -> str | None:
+    """A flow that models ``y - a x`` (``model.residual``) instead of ``y``: the paper's SR flows model ``y``."""
+    a = (ev.get("model") or {}).get("residual")
+    if not a:
+        return None
+    return f"the flow models y - {float(a):g} x (x upsampled bicubically: residual learning; paper: y itself)"
+
+
 def computed_rows(table: str, evals: Iterable[Mapping], scores: Iterable[Mapping]) -> list[dict]:
     """Our rows of ``table`` from evaluation results and scores of methods that need no training."""
     rows: list[dict] = []
@@ -192,14 +200,16 @@ def computed_rows(table: str, evals: Iterable[Mapping], scores: Iterable[Mapping
         label = method_label(ev, table)
         if table == "winkler_table1":
             dataset = (ev.get("data") or {}).get("dataset")
-            rows.append(_row(ev, source, dataset=dataset_label(dataset), method=label, bpd=_num(primary.get("bpd"))))
+            rows.append(_row(ev, source, dataset=dataset_label(dataset), method=label, bpd=_num(primary.get("bpd")),
+                             notes=_residual_note(ev)))
         elif table == "winkler_table2":
             for name, s in splits.items():
                 ds = str(s.get("dataset", name)).lower()
                 if ds in SR_BENCHMARKS:
                     rows.append(_row(ev, source, dataset=dataset_label(ds), method=label, bpd=_num(s.get("bpd")),
                                      psnr=_num(s.get("psnr")), ssim=_num(s.get("ssim")),
-                                     temperature=_num(ev.get("temperature")), notes=_temperature_note(ev)))
+                                     temperature=_num(ev.get("temperature")),
+                                     notes="; ".join(filter(None, [_temperature_note(ev), _residual_note(ev)]))))
         elif table == "winkler_table3":
             # Winkler Table 3: mean +/- std over runs (train.seeds); one run leaves the std columns empty.
             n_runs = int(primary.get("n_runs") or 1)

@@ -287,3 +287,15 @@ def test_each_row_notes_what_training_and_evaluation_cost_and_on_what_machine():
         ev["evaluation"] = {"wall_s": 95.0, "machine": recorded}
         [row] = tables.computed_rows("winkler_table3", [ev], [])
         assert row["notes"].endswith(f"evaluated in 1.6 min on {label}")
+
+
+def test_a_residual_flow_says_so_in_its_sr_rows():
+    """A CNF trained with model.residual models y - a x, not the paper's y: its Table 1/2 rows say so."""
+    ev = {"experiment": "sr_cnf", "profile": "cpu", "tables": ["winkler_table2"], "primary": "valid",
+          "temperature": 0.0, "model": {"family": "cnf", "residual": 1.0},
+          "splits": {"set5": {"dataset": "set5", "psnr": 35.0, "ssim": 0.95, "bpd": 3.0}}}
+    (row,) = tables.computed_rows("winkler_table2", [ev], [])
+    assert "the flow models y - 1 x" in row["notes"] and "temperature 0.0" in row["notes"]
+    plain = {**ev, "model": {"family": "cnf"}}
+    (row,) = tables.computed_rows("winkler_table2", [plain], [])
+    assert "residual" not in row["notes"]
