@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         bpd, t0 = [], time.perf_counter()
         for step, (y, x) in enumerate(batches):
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, exp.train.lr, exp.train.warmup_steps)
+                group["lr"] = lr_at(step, exp.train.lr, exp.train.warmup_steps, exp.train.steps, exp.train.lr_schedule)
             opt.zero_grad(set_to_none=True)
             loss = model.nll(y, x).float().mean()
             loss.backward()

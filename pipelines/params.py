@@ -159,6 +159,9 @@ class TrainParams:
     betas: tuple = (0.9, 0.999)
     grad_clip: Optional[float] = field(default=1.0, metadata=POSITIVE)  # max global grad norm; null = off
     warmup_steps: int = field(default=0, metadata=NON_NEGATIVE)  # linear lr warm-up (Glow-style)
+    # After the warm-up: "constant" (the papers': Adam at a fixed lr) or "cosine" (half a cosine from lr down to
+    # 0 at train.steps, Loshchilov & Hutter 2017: a short schedule ends at a settled model, not a noisy one).
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     checkpoint_every: int = field(default=50, metadata=POSITIVE)
     log_every: int = field(default=10, metadata=POSITIVE)
     seed: int = 0
@@ -597,6 +600,9 @@ def parse_params(raw: Mapping, overrides=(), experiment: str | None = None, sour
         if exp.sweep.split == HOLDOUT_SPLIT and not exp.data.holdout:
             raise ParamsError(f"{path}.sweep.split: {HOLDOUT_SPLIT!r} is the held-out tail of "
                               f"{exp.data.train_split!r}; set {path}.data.holdout to how many samples it holds")
+        if exp.train.lr_schedule == "cosine" and exp.train.steps <= exp.train.warmup_steps:
+            raise ParamsError(f"{path}.train.lr_schedule: 'cosine' decays after the warm-up, so it needs "
+                              f"train.steps ({exp.train.steps}) > train.warmup_steps ({exp.train.warmup_steps})")
         if exp.train.batch_size % exp.scaling.num_workers:
             raise ParamsError(f"{path}.train.batch_size: {exp.train.batch_size} is not divisible by "
                               f"scaling.num_workers={exp.scaling.num_workers} (the global batch is split evenly)")

@@ -115,9 +115,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def lr_at(step: int, lr: float, warmup_steps: int) -> float:
-    """Linear warm-up to ``lr`` over ``warmup_steps`` (Glow's schedule), constant after."""
-    return lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else lr
+def lr_at(step: int, lr: float, warmup_steps: int, steps: int | None = None, schedule: str = "constant") -> float:
+    r"""The learning rate of (0-based) ``step``: a linear warm-up to ``lr`` over ``warmup_steps`` (Glow's), then
+    ``schedule``: ``"constant"``, or ``"cosine"`` down to 0 at ``steps`` (Loshchilov & Hutter 2017),
+
+    .. math:: \eta_t = \frac{\eta}{2}\left(1 + \cos \pi \frac{t - t_w}{T - t_w}\right), \quad t_w \le t < T.
+
+    A pure function of the step, so a resumed run continues the same schedule.
+    """
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_at: schedule must be 'constant' or 'cosine', got {schedule!r}")
+    if schedule == "cosine" and (steps is None or steps <= warmup_steps):
+        raise ValueError(f"lr_at: the cosine schedule needs steps > warmup_steps, got steps={steps}, "
+                         f"warmup_steps={warmup_steps}")
+    if warmup_steps > 0 and step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return lr
+    progress = min(1.0, (step - warmup_steps) / (steps - warmup_steps))
+    return 0.5 * lr * (1.0 + math.cos(math.pi * progress))
 
 
 def _to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -431,7 +447,7 @@ def train_loop_per_worker(config: dict) -> dict:
                 job.crash.maybe_crash(step, rank, world_size)
             meter.start()
             y, x = _to_device(batch, device)
-            lr = lr_at(step, train.lr, train.warmup_steps)
+            lr = lr_at(step, train.lr, train.warmup_steps, train.steps, train.lr_schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             result = train_step(objective, optimizer, y, x, num_dims, train.grad_clip)

@@ -83,6 +83,11 @@ def test_defaults_merge_and_model_options_build_as_given():
     (lambda r: r.update(extras=1), "extras: unknown top-level key; allowed keys: defaults"),
     (lambda r: r["experiments"]["drive_cnf"]["train"].update(batch_size=3),
      "train.batch_size: 3 is not divisible by scaling.num_workers=2"),
+    (lambda r: r["experiments"]["drive_cnf"]["train"].update(lr_schedule="step"),
+     "experiments.drive_cnf.train.lr_schedule: expected one of 'constant', 'cosine', got 'step'"),
+    (lambda r: r["experiments"]["drive_cnf"]["train"].update(lr_schedule="cosine", steps=10, warmup_steps=10),
+     "experiments.drive_cnf.train.lr_schedule: 'cosine' decays after the warm-up, so it needs train.steps (10) > "
+     "train.warmup_steps (10)"),
 ])
 def test_errors_name_the_key(mutate, message):
     raw = minimal()

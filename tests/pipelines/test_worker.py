@@ -111,6 +111,21 @@ def test_warmup_schedule():
     assert lr_at(0, 1e-3, 10) == pytest.approx(1e-4)
     assert lr_at(9, 1e-3, 10) == pytest.approx(1e-3)
     assert lr_at(50, 1e-3, 0) == 1e-3
+    assert lr_at(50, 1e-3, 10, 100, "constant") == 1e-3
+
+
+def test_cosine_schedule_follows_the_warmup_down_to_zero():
+    lrs = [lr_at(t, 1e-3, 10, 110, "cosine") for t in range(110)]
+    assert lrs[:10] == [lr_at(t, 1e-3, 10) for t in range(10)]  # the same warm-up
+    assert lrs[10] == pytest.approx(1e-3)  # the cosine starts where the warm-up ends
+    assert lrs[60] == pytest.approx(0.5e-3)  # half way: half the rate
+    assert lrs[109] == pytest.approx(0.5e-3 * (1 + math.cos(math.pi * 99 / 100)))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # falls monotonically after the warm-up
+    assert lr_at(0, 1e-3, 0, 100, "cosine") == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="steps > warmup_steps"):
+        lr_at(5, 1e-3, 10, 10, "cosine")
+    with pytest.raises(ValueError, match="'constant' or 'cosine'"):
+        lr_at(5, 1e-3, 0, 10, "step")
 
 
 def _ddp_rank(rank, world_size, port, state, y, x, out):
