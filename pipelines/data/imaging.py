@@ -102,16 +102,25 @@ def hwc(array: np.ndarray) -> np.ndarray:
     return array[..., None] if array.ndim == 2 else array
 
 
-def pad_to_multiple(array: np.ndarray, multiple: int) -> np.ndarray:
-    """An (H, W, C) array as contiguous float32 (C, H', W'), zero-padded bottom/right to multiples of ``multiple``.
+PAD_MODES = ("zeros", "edge")
+
+
+def pad_to_multiple(array: np.ndarray, multiple: int, mode: str = "zeros") -> np.ndarray:
+    """An (H, W, C) array as contiguous float32 (C, H', W'), padded bottom/right to multiples of ``multiple``.
 
     The squeeze layers halve H and W once per level, so a flow with L levels needs multiples of 2^L; DRIVE's
-    565x584 pads to 568x584 for L = 2 (padded pixels lie outside the FOV mask and are never scored). The
-    padding happens in the HWC -> CHW copy the model input needs anyway: one allocation, no padded
-    intermediate.
+    565x584 pads to 568x584 for L = 2 (padded pixels lie outside the FOV mask and are never scored). ``mode``
+    ``"zeros"`` (Winkler et al. 2019, sec. 5.1 and App. A) or ``"edge"`` (the last row and column repeated, so
+    the padding continues the image instead of a step to black). The padding happens in the HWC -> CHW copy
+    the model input needs anyway: one allocation, no padded intermediate.
     """
+    if mode not in PAD_MODES:
+        raise ValueError(f"pad_to_multiple: mode must be one of {PAD_MODES}, got {mode!r}")
     h, w, c = array.shape
     multiple = max(int(multiple or 1), 1)
     out = np.zeros((c, h + (-h) % multiple, w + (-w) % multiple), np.float32)
     out[:, :h, :w] = array.transpose(2, 0, 1)
+    if mode == "edge" and h and w:
+        out[:, h:, :w] = out[:, h - 1:h, :w]
+        out[:, :, w:] = out[:, :, w - 1:w]
     return out

@@ -14,9 +14,10 @@ the task's hooks where tasks differ:
 4. an aligned random ``patch`` when training (the window is drawn on ``x``'s grid, ``y``'s / ``input_scale``);
 5. ``derive_input``: inputs made from ``y`` (noise, holes), seeded by (key, seed, epoch);
 6. ``select_target``: the part of ``y`` the model predicts (inpainting: the hidden block; else all of it);
-7. zero padding to ``pad_multiple`` (``x``) and ``pad_multiple * input_scale`` (``y``, mask, extras), HWC -> CHW.
-   The extra ``unpadded`` (1, H, W) marks ``y``'s own pixels (1) against the padding (0): bits/dim counts only
-   those (``pipelines.evaluation.split``), and no score reads the padding.
+7. padding to ``pad_multiple`` (``x``) and ``pad_multiple * input_scale`` (``y``, mask, extras), HWC -> CHW:
+   zeros, or for ``y`` and ``x`` the edge repeated with the ``pad_mode: edge`` option (mask and extras always
+   zeros). The extra ``unpadded`` (1, H, W) marks ``y``'s own pixels (1) against the padding (0): bits/dim
+   counts only those (``pipelines.evaluation.split``), and no score reads the padding.
 
 Steps 2 (depth), 3 (the warp, or the flip's coin when ``flip`` is on) and 4 draw from the one generator ``rng``
 in that order; step 5 draws from a fresh
@@ -32,7 +33,7 @@ import numpy as np
 
 from flowlib import metrics
 from pipelines.data.augment import drive_augment, random_patch
-from pipelines.data.imaging import hwc, imresize, pad_to_multiple, resize_nearest
+from pipelines.data.imaging import PAD_MODES, hwc, imresize, pad_to_multiple, resize_nearest
 from pipelines.data.shards import ShardError
 
 TARGETS = ("image8", "binary", "categorical", "continuous")
@@ -180,6 +181,8 @@ class Task:
     num_classes: int | None = None
     size: int | None = None  # default square resize of the raw sample (c-Glow resizes; sizes lost in extraction)
     flip: bool = False  # training: mirror y, x, mask left-right with probability 1/2 (step 3; off: bitwise as before)
+    # step 7: y and x padded with zeros (the papers') or their edge repeated ("edge"); mask and extras: zeros
+    pad_mode: str = "zeros"
 
     #: the metrics tables and sweeps report, in order (bits/dim first)
     summary_metrics: ClassVar[tuple[str, ...]] = ("bpd",)
@@ -193,6 +196,8 @@ class Task:
             raise ValueError(f"task {self.name!r}: target {self.target!r} is not one of {TARGETS}")
         if self.target == "categorical" and not self.num_classes:
             raise ValueError(f"task {self.name!r}: a categorical target needs num_classes")
+        if self.pad_mode not in PAD_MODES:
+            raise ValueError(f"task {self.name!r}: option pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
 
     # ------------------------------------------------------------------------------------------- options
     @classmethod
@@ -252,11 +257,11 @@ class Task:
         x, mask = self.derive_input(y, x, mask, key=key, seed=seed, epoch=epoch)
         y, mask = self.select_target(y, mask)
         extras = {**extras, UNPADDED: np.ones(y.shape[:2] + (1,), np.float32)}
-        # Zero padding for the squeeze layers (Winkler et al. 2019, App. A: DRIVE), done in the HWC -> CHW copy.
+        # Padding for the squeeze layers (Winkler et al. 2019, App. A: DRIVE), done in the HWC -> CHW copy.
         lr_multiple = pad_multiple if pad_multiple and pad_multiple > 1 else 1
         hr_multiple = lr_multiple * scale
-        return Sample(y=pad_to_multiple(y, hr_multiple), x=pad_to_multiple(x, lr_multiple),
-                      mask=pad_to_multiple(mask, hr_multiple),
+        return Sample(y=pad_to_multiple(y, hr_multiple, self.pad_mode),
+                      x=pad_to_multiple(x, lr_multiple, self.pad_mode), mask=pad_to_multiple(mask, hr_multiple),
                       extras={k: pad_to_multiple(v, hr_multiple) for k, v in extras.items()})
 
     def read(self, decoded: Mapping[str, Any], key: str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import zipfile
 
 import numpy as np
+import pytest
 
 from flowlib import metrics
 from pipelines.data import imaging
@@ -71,3 +72,8 @@ def test_pad_to_multiple():
     np.testing.assert_array_equal(padded, np.pad(array, [(0, 3), (0, 0), (0, 0)]).transpose(2, 0, 1)
                                   .astype(np.float32))
     assert imaging.pad_to_multiple(array, 1).shape == (3, 565, 584)
+    edge = imaging.pad_to_multiple(array, 8, "edge")
+    np.testing.assert_array_equal(edge, np.pad(array, [(0, 3), (0, 0), (0, 0)], mode="edge").transpose(2, 0, 1)
+                                  .astype(np.float32))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        imaging.pad_to_multiple(array, 8, "reflect")

@@ -92,6 +92,25 @@ def _decoded(task: Task, h: int = 20, w: int = 24) -> dict:
     return decoded
 
 
+def test_edge_padding_continues_y_and_x_and_leaves_mask_and_extras_zero():
+    """pad_mode: edge repeats the last row and column of y and x; the mask and the unpadded marker stay 0 there,
+    so no score and no bits/dim reads the padding, and the real pixels are those of zero padding."""
+    task = get_task("sr")
+    kw = dict(key="k", train=False, seed=1, rng=key_rng("k", 1, 0), size=20, pad_multiple=8)
+    zeros = task.prepare(_decoded(task), **kw)
+    kw["rng"] = key_rng("k", 1, 0)
+    edge = task.with_options(pad_mode="edge").prepare(_decoded(task), **kw)
+    assert edge.y.shape == zeros.y.shape == (3, 32, 32) and edge.x.shape == (3, 16, 16)
+    np.testing.assert_array_equal(edge.y[:, :20, :20], zeros.y[:, :20, :20])
+    np.testing.assert_array_equal(edge.y, np.pad(zeros.y[:, :20, :20], [(0, 0), (0, 12), (0, 12)], mode="edge"))
+    np.testing.assert_array_equal(edge.x, np.pad(zeros.x[:, :10, :10], [(0, 0), (0, 6), (0, 6)], mode="edge"))
+    np.testing.assert_array_equal(edge.mask, zeros.mask)
+    np.testing.assert_array_equal(edge.extras[UNPADDED], zeros.extras[UNPADDED])
+    assert not zeros.y[:, 20:].any() and edge.y[:, 20:].any()
+    with pytest.raises(ValueError, match="pad_mode must be one of"):
+        task.with_options(pad_mode="wrap")
+
+
 @pytest.mark.parametrize("name", sorted(TASKS))
 @pytest.mark.parametrize("train", [False, True])
 def test_prepare_gives_padded_chw_samples_on_aligned_grids(name, train):
