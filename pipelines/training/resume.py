@@ -80,7 +80,11 @@ def config_fingerprint(experiment: Mapping[str, Any], data_sha: str) -> str:
     """sha256 of the parts of ``experiment`` (``ExperimentParams.to_dict()`` form, ``model`` as built) that
     shape the checkpoints, with the data fingerprint ``data_sha``."""
     key = {k: v for k, v in experiment.items() if k not in NOT_IN_CHECKPOINT}
-    key["train"] = {k: v for k, v in experiment["train"].items() if k not in TRAIN_NOT_IN_CHECKPOINT}
+    train = experiment["train"]
+    # train.steps extends a run, except under a decaying schedule, whose rate at every step depends on it
+    # (a cosine run resumed with more steps would jump back up from its decayed rate).
+    kept = ("steps",) if train.get("lr_schedule", "constant") != "constant" else ()
+    key["train"] = {k: v for k, v in train.items() if k not in TRAIN_NOT_IN_CHECKPOINT or k in kept}
     key["data"] = {**{k: v for k, v in experiment["data"].items() if k not in DATA_NOT_IN_CHECKPOINT},
                    "content_sha256": data_sha}
     return _sha256_json(key)

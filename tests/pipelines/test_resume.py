@@ -47,6 +47,11 @@ def test_config_fingerprint_changes_with_what_shapes_the_checkpoints_only():
                   dict(train={"seed": 1})):
         assert config_fingerprint(experiment(**other), data) != base, other
     assert config_fingerprint(experiment(), data_fingerprint({**MANIFEST, "dataset": "other"})) != base
+    # under a cosine schedule the steps set every step's rate: more steps are another run
+    cosine = config_fingerprint(experiment(train={"lr_schedule": "cosine"}), data)
+    assert cosine != base
+    assert config_fingerprint(experiment(train={"lr_schedule": "cosine", "steps": 500}), data) != cosine
+    assert config_fingerprint(experiment(train={"lr_schedule": "cosine", "log_every": 1}), data) == cosine
 
 
 def test_resume_decision():
