@@ -18,8 +18,10 @@ import torch
 
 from pipelines.evaluation.experiment import (dataset_folder, eval_dataset, eval_splits, evaluate_experiment,
                                              held_out_options)
+from pipelines.evaluation.split import real_size
 from pipelines.params import HOLDOUT_SPLIT
 from pipelines.tasks import Task, display_input, get_task
+from pipelines.tasks.base import UNPADDED
 
 GRID_INPUTS = 4  # rows of the temperature grid
 
@@ -139,10 +141,10 @@ def grid_batch(exp, data_dir: str | Path, *, seed: int = 0, dataset: str | None 
     if not items:
         raise ValueError(f"{exp.name}: the sweep split {sweep_split(exp)!r} has no samples for the grid")
     keys = [k for b in items for k in b.get("key", [])]
-    xs, ys = [b["x"] for b in items], [b["y"] for b in items]
+    xs, ys, us = [b["x"] for b in items], [b["y"] for b in items], [b[UNPADDED] for b in items]
     if len({tuple(t.shape) for t in xs}) == 1 and len({tuple(t.shape) for t in ys}) == 1:
-        return {"x": torch.cat(xs), "y": torch.cat(ys), "key": keys}
-    return {"x": xs, "y": ys, "key": keys}
+        return {"x": torch.cat(xs), "y": torch.cat(ys), UNPADDED: torch.cat(us), "key": keys}
+    return {"x": xs, "y": ys, UNPADDED: us, "key": keys}
 
 
 def temperature_grid(model, batch: Mapping[str, Any], temperatures: Sequence[float], task: Task | str,
@@ -151,20 +153,41 @@ def temperature_grid(model, batch: Mapping[str, Any], temperatures: Sequence[flo
     ``GRID_INPUTS`` inputs of ``batch``: x drawn by ``display_input``, y and samples by ``task.display``.
 
     ``batch["x"]``/``batch["y"]`` are a batch, or lists of ``(1, C, H, W)`` inputs of different sizes (sampled
-    one after another from the same seed). Every temperature restarts from ``seed``: the same noise, scaled."""
+    one after another from the same seed). Every temperature restarts from ``seed``: the same noise, scaled.
+    With the loader's ``unpadded`` marker (``batch[UNPADDED]``, a batch or a list like ``y``) every image is cut
+    to its real pixels: the padding for the flow's size multiple is not drawn."""
     task = get_task(task) if isinstance(task, str) else task
     if isinstance(batch["x"], torch.Tensor):
-        groups = [(batch["x"][:GRID_INPUTS].float(), batch["y"][:GRID_INPUTS].float())]
+        marker = batch.get(UNPADDED)
+        groups = [(batch["x"][:GRID_INPUTS].float(), batch["y"][:GRID_INPUTS].float(),
+                   None if marker is None else marker[:GRID_INPUTS])]
     else:
-        groups = [(x.float(), y.float()) for x, y in list(zip(batch["x"], batch["y"]))[:GRID_INPUTS]]
-    rows = [{"input": display_input(x[i]), "truth": task.display(y[i])} for x, y in groups for i in range(x.shape[0])]
+        markers = batch.get(UNPADDED) or [None] * len(batch["x"])
+        groups = [(x.float(), y.float(), u) for x, y, u in list(zip(batch["x"], batch["y"], markers))[:GRID_INPUTS]]
+    rows = []
+    for x, y, u in groups:
+        for i in range(x.shape[0]):
+            bx, by = _real_boxes(x, y, u, i)
+            rows.append({"input": display_input(x[i])[bx], "truth": task.display(y[i])[by], "_box": by})
     with torch.inference_mode():
         for t in temperatures:
             torch.manual_seed(seed)  # the same noise at every temperature: only the scale changes
-            samples = [model.sample(x, temperature=float(t)) for x, _ in groups]
+            samples = [model.sample(x, temperature=float(t)) for x, _, _ in groups]
             for row, s in zip(rows, (s[i] for s in samples for i in range(s.shape[0]))):
-                row[f"T={float(t):g}"] = task.display(s)
+                row[f"T={float(t):g}"] = task.display(s)[row["_box"]]
+    for row in rows:
+        del row["_box"]
     return rows
+
+
+def _real_boxes(x: torch.Tensor, y: torch.Tensor, marker, i: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """``(x box, y box)``: the index slices of sample ``i``'s real pixels on ``x``'s and ``y``'s grids (padding is
+    bottom/right; ``marker`` None: all of both)."""
+    if marker is None:
+        return (slice(None), slice(None)), (slice(None), slice(None))
+    h, w = real_size({"y": y, UNPADDED: marker}, i)
+    (hy, wy), (hx, wx) = y.shape[-2:], x.shape[-2:]
+    return (slice(0, math.ceil(h * hx / hy)), slice(0, math.ceil(w * wx / wy))), (slice(0, h), slice(0, w))
 
 
 def better(metric: str) -> int:

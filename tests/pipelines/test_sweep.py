@@ -38,6 +38,25 @@ def test_temperature_grid_draws_every_cell_with_the_task(drive):
     np.testing.assert_array_equal(again[0]["T=1"], rows[0]["T=1"])  # the same noise for the same seed
 
 
+def test_temperature_grid_draws_only_the_real_pixels_of_padded_images(drive):
+    """Images padded for the flow's size multiple are drawn without their padding: y, the samples and x (on its
+    own grid) cut to the unpadded marker's box, for a batch and for a list of native-size inputs alike."""
+    from flowlib.models import build_model
+    from pipelines.data.loader import make_loader
+    from pipelines.evaluation.sweep import temperature_grid
+    from pipelines.tasks.base import UNPADDED
+
+    batch = next(iter(make_loader(str(drive / "drive"), "test", "vessel", 2, train=False, pad_multiple=24)))
+    assert tuple(batch["y"].shape[-2:]) == (72, 72) and batch[UNPADDED][0, 0].sum() == 64 * 64
+    torch.manual_seed(0)
+    model = build_model("factorized", "binary", tuple(batch["y"].shape[1:]), tuple(batch["x"].shape[1:]))
+    for given in (batch, {k: [batch[k][i:i + 1] for i in range(2)] for k in ("x", "y", UNPADDED)}):
+        rows = temperature_grid(model, given, [0.5], "vessel", seed=3)
+        for row in rows:
+            assert {image.shape for image in row.values()} == {(64, 64, 3)}
+        np.testing.assert_array_equal(rows[1]["truth"][..., 0], batch["y"][1, 0, :64, :64].numpy())
+
+
 def test_sample_grid_refuses_undrawn_images(tmp_path):
     from pipelines.reporting import figures
 
