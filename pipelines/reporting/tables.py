@@ -185,7 +185,8 @@ def _residual_note(ev: Mapping) -> str | None:
     a = (ev.get("model") or {}).get("residual")
     if not a:
         return None
-    return f"the flow models y - {float(a):g} x (x upsampled bicubically: residual learning; paper: y itself)"
+    scaled = "" if float(a) == 1.0 else f"{float(a):g} "
+    return f"the flow models y - {scaled}bicubic(x) (residual learning; paper: y itself)"
 
 
 def computed_rows(table: str, evals: Iterable[Mapping], scores: Iterable[Mapping]) -> list[dict]:

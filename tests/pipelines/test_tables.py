@@ -295,7 +295,9 @@ def test_a_residual_flow_says_so_in_its_sr_rows():
           "temperature": 0.0, "model": {"family": "cnf", "residual": 1.0},
           "splits": {"set5": {"dataset": "set5", "psnr": 35.0, "ssim": 0.95, "bpd": 3.0}}}
     (row,) = tables.computed_rows("winkler_table2", [ev], [])
-    assert "the flow models y - 1 x" in row["notes"] and "temperature 0.0" in row["notes"]
+    assert "the flow models y - bicubic(x)" in row["notes"] and "temperature 0.0" in row["notes"]
+    (row,) = tables.computed_rows("winkler_table2", [{**ev, "model": {"family": "cnf", "residual": 0.5}}], [])
+    assert "the flow models y - 0.5 bicubic(x)" in row["notes"]
     plain = {**ev, "model": {"family": "cnf"}}
     (row,) = tables.computed_rows("winkler_table2", [plain], [])
     assert "residual" not in row["notes"]
