@@ -348,9 +348,10 @@ class FlowModel(StructuredModel):
                              f"{tuple(x.shape)} and y {tuple(like.shape)}")
         if self.dequantizer is None:
             return self.residual * x
+        x = x.to(like.dtype)
         if not same_grid:
-            x = F.interpolate(x.float(), size=tuple(like.shape[-2:]), mode="bicubic", align_corners=False)
-        return self.residual * (x.to(like.dtype) - 0.5)
+            x = F.interpolate(x, size=tuple(like.shape[-2:]), mode="bicubic", align_corners=False)
+        return self.residual * (x - 0.5)
 
     def _flow_target(self, y: Tensor) -> Tensor:
         if self.target == "categorical":

@@ -164,19 +164,18 @@ def temperature_grid(model, batch: Mapping[str, Any], temperatures: Sequence[flo
     else:
         markers = batch.get(UNPADDED) or [None] * len(batch["x"])
         groups = [(x.float(), y.float(), u) for x, y, u in list(zip(batch["x"], batch["y"], markers))[:GRID_INPUTS]]
-    rows = []
+    rows, boxes = [], []  # boxes: each row's real pixels on y's grid, for its samples
     for x, y, u in groups:
         for i in range(x.shape[0]):
             bx, by = _real_boxes(x, y, u, i)
-            rows.append({"input": display_input(x[i])[bx], "truth": task.display(y[i])[by], "_box": by})
+            rows.append({"input": display_input(x[i])[bx], "truth": task.display(y[i])[by]})
+            boxes.append(by)
     with torch.inference_mode():
         for t in temperatures:
             torch.manual_seed(seed)  # the same noise at every temperature: only the scale changes
             samples = [model.sample(x, temperature=float(t)) for x, _, _ in groups]
-            for row, s in zip(rows, (s[i] for s in samples for i in range(s.shape[0]))):
-                row[f"T={float(t):g}"] = task.display(s)[row["_box"]]
-    for row in rows:
-        del row["_box"]
+            for row, by, s in zip(rows, boxes, (s[i] for s in samples for i in range(s.shape[0]))):
+                row[f"T={float(t):g}"] = task.display(s)[by]
     return rows
 
 
