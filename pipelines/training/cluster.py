@@ -118,7 +118,8 @@ def _connect(ray, address: str, num_cpus_needed: float, num_cpus: int | None, us
         cpus = num_cpus or max(int(num_cpus_needed + 0.999), os.cpu_count() or 1)
         port = _free_port()
         ray.init(address="local", num_cpus=cpus, num_gpus=None if use_gpu else 0, include_dashboard=False,
-                 dashboard_port=port, runtime_env={"env_vars": state_api_env(port)},
+                 dashboard_port=port, runtime_env={"env_vars": state_api_env(port),
+                                                   "worker_process_setup_hook": quiet_placement_group_cleaner},
                  log_to_driver=True, configure_logging=False)
 
 
@@ -144,6 +145,27 @@ def state_api_env(dashboard_port: int) -> dict[str, str]:
     where it serves.
     """
     return {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}"}
+
+
+# The logger of Ray Train's PlacementGroupCleaner actor (ray/train/v2/_internal/execution/controller/).
+CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+
+
+def quiet_placement_group_cleaner() -> None:
+    """``worker_process_setup_hook`` of the private local instance: its PlacementGroupCleaner logs errors only.
+
+    The cleaner (a detached actor Ray Train starts beside every controller) asks the State API once a second
+    whether the controller is alive, to remove the run's placement group should the controller die without
+    doing so. The State API is served by the dashboard, which a private instance does not run
+    (``include_dashboard=False``; ``ray[train]`` does not install it), so every query failed with the warning
+    "Failed to query Ray Train Controller actor state ... Continuing to monitor": about one line a second in
+    every training log, burying the progress lines. Its job does not exist here: the private instance, placement
+    groups and all, is shut down with the driver (``release_ray``). A joined cluster (``$RAY_ADDRESS``) keeps
+    Ray's logging as it is.
+    """
+    import logging
+
+    logging.getLogger(CLEANER_LOGGER).setLevel(logging.ERROR)
 
 
 def start_autoscaling_coordinator(ray) -> None:
