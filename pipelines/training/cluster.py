@@ -141,8 +141,8 @@ def state_api_env(dashboard_port: int) -> dict[str, str]:
     Ray instance on the machine its monitor thread died with ``ConnectionError: Found multiple active Ray
     instances`` (a traceback in the driver's output) or asked the other cluster about our controller.
     ``RAY_API_SERVER_ADDRESS`` is the first thing that lookup reads. Without the dashboard (not installed with
-    ``ray[train]``) nothing answers there, which the cleaner reports as a warning and retries; with it, this is
-    where it serves.
+    ``ray[train]``) nothing answers there, which the cleaner reports as a warning and retries (silenced by
+    ``quiet_placement_group_cleaner``); with it, this is where it serves.
     """
     return {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}"}
 
