@@ -2,7 +2,7 @@
 
     python benchmarks/train_throughput.py [--experiments A B ...] [--steps 8] [--data-root DIR]
                                           [--scaling-experiment drive_cnf] [--cluster | --no-cluster]
-                                          [--layouts] [--params params-cpu.yaml]
+                                          [--layouts] [--params params-cpu.yaml] [--no-local-row]
 
 Each row is one real `cnf train EXP --set train.steps=N --fresh --no-samples` subprocess with a throw-away
 Ray storage folder and MLflow database; the figures come from its metrics JSON: ``samples_per_s`` (global
@@ -10,8 +10,8 @@ samples per second from the first training step to the last report, measured in 
 ``startup_s`` (command start to the first training step). With ``--cluster`` (the default) the script starts
 one private Ray head (``ray start --head --block`` in its own process group, on a free port) and points every
 run at it through ``RAY_ADDRESS``, so the table measures training rather than Ray's start-up; it then runs
-one extra ``--no-cluster`` row to show what a fresh local Ray costs. Datasets missing under ``--data-root``
-are fetched from the demo source first. ``--layouts`` runs every experiment twice more, with
+one extra ``--no-cluster`` row to show what a fresh local Ray costs (``--no-local-row`` skips it). Datasets
+missing under ``--data-root`` are fetched from the demo source first. ``--layouts`` runs every experiment twice more, with
 ``scaling.channels_last=true`` and ``=false``, to choose each experiment's memory layout (the faster one depends
 on the shapes: on the 2-core AVX2 EPYC the c-Glow inpainting step is faster in NCHW, denoising in NHWC).
 Prints a markdown table.
@@ -85,6 +85,9 @@ def main() -> int:
                         help="also run each experiment with scaling.channels_last=true and =false")
     parser.add_argument("--no-cluster", dest="cluster", action="store_false",
                         help="every run starts its own local Ray (measures start-up, not throughput)")
+    parser.add_argument("--no-local-row", dest="local_row", action="store_false",
+                        help="skip the closing run of the first experiment on a fresh local Ray (the start-up "
+                             "comparison; it trains too, so it would compete with anything started meanwhile)")
     args = parser.parse_args()
 
     params = load_params(args.params)
@@ -120,7 +123,9 @@ def main() -> int:
             print(f"[{i}/{len(jobs)}] {exp} {' '.join(sets)}: {m['samples_per_s']:.1f} samples/s, start-up "
                   f"{m['startup_s']:.1f} s, wall {m['command_wall_s']:.1f} s; ETA "
                   f"{elapsed / i * (len(jobs) - i):.0f} s", file=sys.stderr, flush=True)
-        if address:  # one run with a fresh local Ray, for the start-up comparison
+        if address and args.local_row:  # one run with a fresh local Ray, for the start-up comparison
+            print(f"[local] {names[0]} on a fresh local Ray (start-up comparison; --no-local-row skips it)",
+                  file=sys.stderr, flush=True)
             m = run_one(names[0], args.steps, data_root, work / "local", None, params=args.params)
             rows.append((names[0], "local", m))
     finally:
