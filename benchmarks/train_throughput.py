@@ -12,8 +12,9 @@ one private Ray head (``ray start --head --block`` in its own process group, on 
 run at it through ``RAY_ADDRESS``, so the table measures training rather than Ray's start-up; it then runs
 one extra ``--no-cluster`` row to show what a fresh local Ray costs (``--no-local-row`` skips it). Datasets
 missing under ``--data-root`` are fetched from the demo source first. ``--layouts`` runs every experiment twice
-more, with ``scaling.channels_last=true`` and ``=false``, to choose each experiment's memory layout (the faster one depends
-on the shapes: on the 2-core AVX2 EPYC the c-Glow inpainting step is faster in NCHW, denoising in NHWC).
+more, with ``scaling.channels_last=true`` and ``=false``, to choose each experiment's memory layout (the faster
+one depends on the shapes: on the 2-core AVX2 EPYC the c-Glow inpainting step is faster in NCHW, denoising in
+NHWC).
 Prints a markdown table.
 """
 from __future__ import annotations
