@@ -33,13 +33,15 @@ def latest_runs(path: Path) -> dict[str, int]:
 def main() -> int:
     path = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "run" / "times.txt")
     latest = latest_runs(path)
-    kinds: dict[str, int] = {}
+    kinds: dict[str, list[int]] = {}  # kind (the stage name before "@") -> [stages, seconds]
     for name, secs in latest.items():
-        kinds[name.split("@")[0]] = kinds.get(name.split("@")[0], 0) + secs
+        count_secs = kinds.setdefault(name.split("@")[0], [0, 0])
+        count_secs[0] += 1
+        count_secs[1] += secs
     total = sum(latest.values())
     print("| kind | stages | seconds |\n|---|---|---|")
-    for kind, secs in sorted(kinds.items(), key=lambda kv: -kv[1]):
-        print(f"| {kind} | {sum(1 for s in latest if s.split('@')[0] == kind)} | {secs:,} |")
+    for kind, (count, secs) in sorted(kinds.items(), key=lambda kv: -kv[1][1]):
+        print(f"| {kind} | {count} | {secs:,} |")
     print(f"| all | {len(latest)} | {total:,} ({total / 3600:.2f} h; budget {BUDGET_S:,}: "
           f"{'within' if total <= BUDGET_S else 'over'} by {abs(BUDGET_S - total):,} s) |")
     return 0
