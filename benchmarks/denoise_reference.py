@@ -2,7 +2,7 @@
 
     pip install bm3d   # not a project dependency (its licence is the authors', for non-commercial use)
     python benchmarks/denoise_reference.py [--params params-cpu.yaml] [--experiment denoise_cglow]
-                                           [--data-root data/shards]
+                                           [--data-root data/shards] [--compare info/eval/denoise_cglow.json]
 
 c-Glow's Table 3 (Lu & Huang 2020) sets BM3D (Dabov et al. 2007) at 28.21 dB beside c-Glow's 27.61, at an image
 size and noise level that were lost in extraction. This runs the colour BM3D (``bm3d.bm3d_rgb``, sigma = the
@@ -11,10 +11,15 @@ loader, resize, seeds and noise (``pipelines.data.loader.make_loader`` with ``tr
 split (``data.eval_dataset``) and the sweep's split (``sweep.split`` of ``data.dataset``), and scores it with the
 task's own scorer (``DenoiseScorer``: PSNR of the prediction clipped to [0, 1], mean over images). The shards
 must have been fetched (``dvc repro fetch@bsds500 fetch@cbsd68``). Prints a markdown table.
+
+``--compare`` takes the info file of a ``cnf evaluate`` run of the experiment (its per-image PSNR on the test split)
+and prints where the model loses to CBM3D: the test images in thirds by the roughness of the clean image (mean
+absolute difference between neighbouring pixels, rows and columns), each third's mean PSNR of both.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -31,24 +36,42 @@ from pipelines.params import load_params  # noqa: E402
 from pipelines.tasks import get_task  # noqa: E402
 
 
-def score_split(exp, data_root: Path, dataset: str, split: str, bm3d_rgb) -> tuple[float, int, float]:
-    """``(mean PSNR, images, seconds)`` of CBM3D on one split of ``dataset`` as the evaluation loads it."""
+def score_split(exp, data_root: Path, dataset: str, split: str, bm3d_rgb) -> tuple[dict, float]:
+    """``(per image {key: (PSNR, roughness of the clean image)}, seconds)`` of CBM3D on one split of ``dataset``
+    as the evaluation loads it (PSNR by the task's scorer)."""
     task = get_task(exp.task).with_options(**(exp.data.options or {}))
     sigma = float(task.noise_sigma) / 255.0
     torch.manual_seed(0)
     loader = make_loader(dataset_folder(data_root, dataset, exp.data.dataset), split, exp.task,
                          batch_size=exp.eval.batch_size, train=False, rank=0, world_size=1, num_workers=0, seed=0,
                          **loader_options(exp.data, train=False))
-    scorer, start, n = task.scorer(), time.perf_counter(), 0
+    scorer, start, roughness = task.scorer(), time.perf_counter(), []
     for batch in loader:
-        x = batch["x"].double().numpy()
+        x, y = batch["x"].double().numpy(), batch["y"].numpy()
         est = np.stack([np.asarray(bm3d_rgb(img.transpose(1, 2, 0), sigma)).transpose(2, 0, 1) for img in x])
         est = torch.from_numpy(est.astype(np.float32))
         scorer.add(batch, {"mean": est, "prediction": est})
-        n += x.shape[0]
-        print(f"[{dataset}/{split}] {n} images, {n / (time.perf_counter() - start):.1f} images/s",
-              file=sys.stderr, flush=True)
-    return float(scorer.summary()["psnr"]), n, time.perf_counter() - start
+        roughness += [float(np.abs(np.diff(c, axis=-1)).mean() + np.abs(np.diff(c, axis=-2)).mean()) for c in y]
+        print(f"[{dataset}/{split}] {len(roughness)} images, "
+              f"{len(roughness) / (time.perf_counter() - start):.1f} images/s", file=sys.stderr, flush=True)
+    psnr = scorer.summary()["psnr_per_image"]
+    return dict(zip(scorer.keys, zip(psnr, roughness))), time.perf_counter() - start
+
+
+def compare(per_image: dict, info_path: Path, name: str) -> None:
+    """Mean PSNR of CBM3D and of the model (``info_path``: a ``cnf evaluate`` info file) per roughness third."""
+    test = json.loads(info_path.read_text())["splits"]["test"]
+    model = dict(zip(test["keys"], test["psnr_per_image"]))
+    missing = sorted(set(per_image) ^ set(model))
+    if missing:
+        raise SystemExit(f"denoise_reference: {info_path} and the test split differ in images {missing[:5]}")
+    keys = sorted(per_image, key=lambda k: per_image[k][1])
+    print(f"\nWhere {name} loses to CBM3D: test images in thirds by the clean image's roughness\n")
+    print(f"| third | images | roughness | CBM3D dB | {name} dB | gap dB |\n|---|---|---|---|---|---|")
+    for label, part in zip(("smoothest", "middle", "roughest"), np.array_split(np.array(keys), 3)):
+        bm, ours = (np.mean([per_image[k][0] for k in part]), np.mean([model[k] for k in part]))
+        rough = np.mean([per_image[k][1] for k in part])
+        print(f"| {label} | {len(part)} | {rough:.3f} | {bm:.2f} | {ours:.2f} | {bm - ours:.2f} |")
 
 
 def main() -> int:
@@ -56,6 +79,7 @@ def main() -> int:
     parser.add_argument("--params", default=str(ROOT / "params-cpu.yaml"))
     parser.add_argument("--experiment", default="denoise_cglow")
     parser.add_argument("--data-root", default=str(ROOT / "data" / "shards"))
+    parser.add_argument("--compare", type=Path, help="a cnf evaluate info file of the experiment (per-image PSNR)")
     args = parser.parse_args()
     try:
         from bm3d import bm3d_rgb
@@ -73,9 +97,14 @@ def main() -> int:
         splits.append((exp.data.dataset, exp.sweep.split))
     print(f"CBM3D (bm3d_rgb) on {args.experiment}'s evaluation inputs ({args.params})\n")
     print("| dataset | split | images | PSNR (dB) | seconds |\n|---|---|---|---|---|")
+    test = None
     for dataset, split in splits:
-        psnr, n, secs = score_split(exp, Path(args.data_root), dataset, split, bm3d_rgb)
-        print(f"| {dataset} | {split} | {n} | {psnr:.2f} | {secs:.0f} |")
+        per_image, secs = score_split(exp, Path(args.data_root), dataset, split, bm3d_rgb)
+        test = per_image if test is None else test
+        psnr = float(np.mean([p for p, _ in per_image.values()]))
+        print(f"| {dataset} | {split} | {len(per_image)} | {psnr:.2f} | {secs:.0f} |")
+    if args.compare:
+        compare(test, args.compare, args.experiment)
     return 0
 
 
