@@ -58,9 +58,10 @@ def score_split(exp, data_root: Path, dataset: str, split: str, bm3d_rgb) -> tup
     return dict(zip(scorer.keys, zip(psnr, roughness))), time.perf_counter() - start
 
 
-def compare(per_image: dict, info_path: Path, name: str) -> None:
-    """Mean PSNR of CBM3D and of the model (``info_path``: a ``cnf evaluate`` info file) per roughness third."""
-    test = json.loads(info_path.read_text())["splits"]["test"]
+def compare(per_image: dict, info_path: Path, name: str, split: str) -> None:
+    """Mean PSNR of CBM3D and of the model (``info_path``: a ``cnf evaluate`` info file, its ``split`` results)
+    per roughness third of the images."""
+    test = json.loads(info_path.read_text())["splits"][split]
     model = dict(zip(test["keys"], test["psnr_per_image"]))
     missing = sorted(set(per_image) ^ set(model))
     if missing:
@@ -69,7 +70,7 @@ def compare(per_image: dict, info_path: Path, name: str) -> None:
     print(f"\nWhere {name} loses to CBM3D: test images in thirds by the clean image's roughness\n")
     print(f"| third | images | roughness | CBM3D dB | {name} dB | gap dB |\n|---|---|---|---|---|---|")
     for label, part in zip(("smoothest", "middle", "roughest"), np.array_split(np.array(keys), 3)):
-        bm, ours = (np.mean([per_image[k][0] for k in part]), np.mean([model[k] for k in part]))
+        bm, ours = np.mean([per_image[k][0] for k in part]), np.mean([model[k] for k in part])
         rough = np.mean([per_image[k][1] for k in part])
         print(f"| {label} | {len(part)} | {rough:.3f} | {bm:.2f} | {ours:.2f} | {bm - ours:.2f} |")
 
@@ -104,7 +105,7 @@ def main() -> int:
         psnr = float(np.mean([p for p, _ in per_image.values()]))
         print(f"| {dataset} | {split} | {len(per_image)} | {psnr:.2f} | {secs:.0f} |")
     if args.compare:
-        compare(test, args.compare, args.experiment)
+        compare(test, args.compare, args.experiment, exp.data.eval_split)
     return 0
 
 
