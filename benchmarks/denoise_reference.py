@@ -98,14 +98,14 @@ def main() -> int:
         splits.append((exp.data.dataset, exp.sweep.split))
     print(f"CBM3D (bm3d_rgb) on {args.experiment}'s evaluation inputs ({args.params})\n")
     print("| dataset | split | images | PSNR (dB) | seconds |\n|---|---|---|---|---|")
-    test = None
+    per_split = []  # the test split first
     for dataset, split in splits:
         per_image, secs = score_split(exp, Path(args.data_root), dataset, split, bm3d_rgb)
-        test = per_image if test is None else test
+        per_split.append(per_image)
         psnr = float(np.mean([p for p, _ in per_image.values()]))
         print(f"| {dataset} | {split} | {len(per_image)} | {psnr:.2f} | {secs:.0f} |")
     if args.compare:
-        compare(test, args.compare, args.experiment, exp.data.eval_split)
+        compare(per_split[0], args.compare, args.experiment, exp.data.eval_split)
     return 0
 
 
